@@ -1,0 +1,151 @@
+"""Content-keyed artifact folders, written atomically, passed between tasks as small references.
+
+An artifact's key is the hash of what made it (the step's code, its config and its inputs' keys),
+so the key is known before the work is done: a task looks in the store first and only computes what
+is missing. Every folder holds a `manifest.json` with the hash of each file, so a deleted or
+corrupted artifact is noticed and recomputed instead of trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import xxhash
+from pydantic import BaseModel
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactRef(BaseModel):
+    """What tasks pass around instead of data: small, picklable, shown as JSON in the Prefect UI."""
+
+    kind: str
+    key: str
+    uri: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.uri)
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+
+
+def stable_hash(value: Any) -> str:
+    """Hash of a JSON-able value, independent of dict order (config dicts, lists of keys)."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def code_version(*files: str | Path) -> str:
+    """Hash of source files: editing a step's code changes its artifacts' keys."""
+    digest = hashlib.blake2b(digest_size=8)
+    for f in files:
+        digest.update(Path(f).read_bytes())
+    return digest.hexdigest()
+
+
+def recipe_key(step: str, code: str, config: Any, inputs: list[str]) -> str:
+    return stable_hash({"step": step, "code": code, "config": config, "inputs": inputs})
+
+
+class ArtifactStore:
+    """Folders under `root/<kind>/<key>`; a folder exists only once it is complete."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def ref(self, kind: str, key: str) -> ArtifactRef:
+        return ArtifactRef(kind=kind, key=key, uri=str(self.path(kind, key)))
+
+    def problem(self, kind: str, key: str) -> str | None:
+        """Why the artifact cannot be trusted, or None when every file matches its manifest."""
+        folder = self.path(kind, key)
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return "missing"
+        except (OSError, ValueError) as exc:
+            return f"unreadable manifest: {exc}"
+        for name, meta in manifest.get("files", {}).items():
+            file = folder / name
+            if not file.is_file():
+                return f"file {name} is missing"
+            if file.stat().st_size != meta["size"]:
+                return f"file {name} has {file.stat().st_size} bytes, manifest says {meta['size']}"
+            if file_hash(file) != meta["xxh3"]:
+                return f"file {name} does not match its hash"
+        return None
+
+    def get(self, kind: str, key: str) -> ArtifactRef | None:
+        return self.ref(kind, key) if self.problem(kind, key) is None else None
+
+    @contextlib.contextmanager
+    def write(
+        self, kind: str, key: str, *, step: str, inputs: list[ArtifactRef] | None = None, config: Any = None
+    ) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Yield a temp folder and a dict for metrics; on success hash the files, write the
+        manifest and rename the folder into place. On error the temp folder is removed, so no
+        half-written artifact is ever visible under its key."""
+        final = self.path(kind, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{key}-{os.getpid()}-{time.monotonic_ns()}"
+        tmp.mkdir()
+        metrics: dict[str, Any] = {}
+        try:
+            yield tmp, metrics
+            files = {
+                str(p.relative_to(tmp)): {"size": p.stat().st_size, "xxh3": file_hash(p)}
+                for p in sorted(tmp.rglob("*"))
+                if p.is_file()
+            }
+            manifest = {
+                "kind": kind,
+                "key": key,
+                "step": step,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "inputs": [{"kind": r.kind, "key": r.key} for r in inputs or []],
+                "config": config,
+                "metrics": metrics,
+                "files": files,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+            if final.exists():  # a corrupt or partial earlier copy: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def list(self) -> list[dict[str, Any]]:
+        """Manifests of every complete artifact, with size on disk and the problem, if any."""
+        rows = []
+        for manifest_file in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            folder = manifest_file.parent
+            try:
+                manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+            except ValueError:
+                manifest = {"kind": folder.parent.name, "key": folder.name, "inputs": []}
+            manifest["bytes"] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            manifest["path"] = str(folder)
+            rows.append(manifest)
+        return rows

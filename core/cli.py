@@ -1,0 +1,153 @@
+"""The `smolforge` command. Heavy libraries are imported inside the commands so `--help` is instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Make small language models as an orchestrated, reproducible pipeline (Prefect + MLflow).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+FLOWS = ("pipeline", "curate")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    flow: Annotated[str, typer.Argument(help=f"Which flow: {', '.join(FLOWS)}.")] = "pipeline",
+    preset: Annotated[Optional[str], typer.Option(help="Preset name, e.g. tiny.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file merged over the preset.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override one setting: section.field=value (repeatable).")] = [],
+) -> None:
+    """Run a flow on the embedded default (or the servers your environment points at)."""
+    from smolforge.config import ConfigError, load_config
+    from smolforge.environment import configure
+
+    if flow not in FLOWS:
+        _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
+    try:
+        cfg = load_config(preset or (None if config else "tiny"), config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+    home = configure()
+    console.print(f"[dim]project folder {home}[/]")
+
+    from smolforge.flows.curate import curate
+    from smolforge.flows.pipeline import pipeline
+    from smolforge.runners import task_runner_for
+
+    try:
+        if flow == "pipeline":
+            result = pipeline(cfg)
+            curated, run_id = result["curate"], result["mlflow_run_id"]
+        else:
+            curated = curate.with_options(task_runner=task_runner_for(cfg.execution))(cfg)
+            run_id = curated["mlflow_run_id"]
+    except ConfigError as exc:
+        _fail(str(exc))
+    print_funnel(curated["funnel"])
+    _where_to_look(run_id, cfg.tracking.experiment, curated)
+
+
+def print_funnel(rows: list[dict]) -> None:
+    table = Table(title="curation funnel", title_justify="left")
+    for col in ("step", "docs in", "docs out", "dropped", "chars out", "tokens", "main drop reasons"):
+        table.add_column(col, justify="left" if col in ("step", "main drop reasons") else "right")
+    for r in rows:
+        table.add_row(
+            r["step"], f"{r['docs_in']:,}", f"{r['docs_out']:,}", f"{r['dropped']:,}", f"{r['chars_out']:,}",
+            f"{r['tokens_out']:,}" if r.get("tokens_out") else "", r.get("top_reasons", ""),
+        )
+    console.print(table)
+
+
+def _where_to_look(run_id: str, experiment: str, curated: dict) -> None:
+    from smolforge import tracking
+
+    corpus = curated["corpus"]
+    console.print(f"corpus      {corpus['uri']}")
+    console.print(f"MLflow run  {run_id}  {tracking.run_url(run_id, experiment)}")
+    console.print(f"            tracking store {tracking._mlflow().get_tracking_uri()}")
+    console.print("Prefect     `smolforge ui` shows this flow run and its task runs")
+    console.print(f"took        {curated['seconds']} s in the curate flow")
+
+
+@app.command()
+def artifacts(kind: Annotated[Optional[str], typer.Option(help="Only this kind.")] = None) -> None:
+    """List artifacts with their size, age and lineage (the artifacts they were made from)."""
+    from smolforge.artifacts import ArtifactStore
+    from smolforge.environment import project_home
+
+    store = ArtifactStore(project_home() / "artifacts")
+    rows = [r for r in store.list() if kind is None or r.get("kind") == kind]
+    if not rows:
+        console.print(f"no artifacts under {store.root}")
+        return
+    table = Table(title=f"artifacts in {store.root}", title_justify="left")
+    for col in ("kind", "key", "size", "created", "made from"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for r in rows:
+        inputs = r.get("inputs", [])
+        lineage = ", ".join(sorted({f"{i['kind']}:{i['key'][:8]}" for i in inputs})[:4])
+        if len(inputs) > 4:
+            lineage += f" … ({len(inputs)} inputs)"
+        table.add_row(r["kind"], r["key"][:12], _size(r["bytes"]), r.get("created", "?"), lineage)
+    console.print(table)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command("sample-corpus")
+def sample_corpus(
+    dest: Annotated[Path, typer.Argument(help="Folder to write the corpus into.")],
+    scale: Annotated[int, typer.Option(min=1, help="More documents per package.")] = 1,
+) -> None:
+    """Assemble the offline, multilingual, messy sample corpus from installed packages."""
+    from smolforge.sample_corpus import build_sample_corpus
+
+    summary = build_sample_corpus(dest, scale=scale)
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def ui(
+    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect UI.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+) -> None:
+    """Start the Prefect UI and the MLflow UI on 127.0.0.1 for this project folder; Ctrl-C stops both."""
+    from smolforge.environment import configure
+    from smolforge.ui import serve
+
+    home = configure()
+    try:
+        serve(home, prefect_port, mlflow_port, console)
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="smolforge")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Turn a plain function that fills a folder into a cached Prefect task that returns an ArtifactRef.
+
+The function is written as `fn(out, *, ...params) -> metrics` and stays callable without Prefect
+(tests call `.fn`). Its artifact key is `recipe_key(code, params)`, where an input artifact counts
+by its key and `Runtime` (where things live, how many workers) does not count at all. Prefect's
+cache key is the same key, so a finished step shows as Cached in the UI; when the artifact behind
+a key has gone missing or fails its hashes, the stale Prefect record is deleted first so the task
+really runs again.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from smolforge.artifacts import ArtifactRef, ArtifactStore, code_version, recipe_key
+
+
+class Runtime(BaseModel):
+    """Where a run keeps its artifacts and how much CPU a step may use; never part of a key."""
+
+    root: str
+    workers: int = 1
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(Path(self.root))
+
+
+def jsonable(value: Any) -> Any:
+    """The part of a parameter that defines the result: refs by kind and key, models by fields."""
+    if isinstance(value, ArtifactRef):
+        return {"artifact": value.kind, "key": value.key}
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _input_refs(params: dict[str, Any]) -> list[ArtifactRef]:
+    refs: list[ArtifactRef] = []
+    for value in params.values():
+        items = value if isinstance(value, (list, tuple)) else value.values() if isinstance(value, dict) else [value]
+        refs.extend(v for v in items if isinstance(v, ArtifactRef))
+    return refs
+
+
+def _split(params: dict[str, Any]) -> tuple[Runtime, dict[str, Any]]:
+    runtimes = [v for v in params.values() if isinstance(v, Runtime)]
+    if len(runtimes) != 1:
+        raise TypeError("an artifact step takes exactly one Runtime parameter")
+    return runtimes[0], {k: v for k, v in params.items() if not isinstance(v, Runtime)}
+
+
+def _prefect_result_file(key: str) -> Path:
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    return Path(PREFECT_LOCAL_STORAGE_PATH.value()) / key
+
+
+def artifact_step(kind: str, *, code: tuple[str | Path, ...] = (), **task_options: Any) -> Callable:
+    """Decorator: `kind` names the artifact folder; `code` lists more source files the step's result
+    depends on (the module that does the work), so editing them invalidates the cache."""
+
+    def decorate(fn: Callable[..., dict[str, Any] | None]) -> Any:
+        from prefect import task
+
+        step = fn.__name__
+        code_hash = code_version(inspect.getsourcefile(fn), *code)
+        signature = inspect.signature(fn)
+        public = signature.replace(parameters=list(signature.parameters.values())[1:])
+
+        def key_of(params: dict[str, Any]) -> str:
+            _, defining = _split(params)
+            return recipe_key(step, code_hash, jsonable(defining), [])
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> ArtifactRef:
+            bound = public.bind(*args, **kwargs)
+            bound.apply_defaults()
+            params = dict(bound.arguments)
+            runtime, defining = _split(params)
+            store = runtime.store
+            key = key_of(params)
+            existing = store.get(kind, key)
+            if existing is not None:
+                return existing
+            with store.write(kind, key, step=step, inputs=_input_refs(params), config=jsonable(defining)) as (tmp, metrics):
+                metrics.update(fn(tmp, **params) or {})
+            return store.ref(kind, key)
+
+        run.__signature__ = public  # type: ignore[attr-defined]
+
+        def cache_key(_context: Any, params: dict[str, Any]) -> str:
+            runtime, _ = _split(params)
+            key = key_of(params)
+            prefect_key = f"{kind}-{key}"
+            if runtime.store.problem(kind, key) is not None:
+                stale = _prefect_result_file(prefect_key)
+                if stale.exists():
+                    os.remove(stale)
+            return prefect_key
+
+        options = {"persist_result": True, "cache_key_fn": cache_key, "name": step, **task_options}
+        prefect_task = task(**options)(run)
+        prefect_task.key_of = key_of  # type: ignore[attr-defined]
+        prefect_task.kind = kind  # type: ignore[attr-defined]
+        return prefect_task
+
+    return decorate

@@ -1,0 +1,97 @@
+"""MLflow helpers: one parent run per flow run, a child run per stage, parameters flattened.
+
+The tracking URI comes from the environment (`environment.configure` sets the embedded SQLite store
+unless `MLFLOW_TRACKING_URI` is set); nothing here hard-codes where runs go. With the embedded store
+the experiment's artifacts go to `<project>/mlartifacts`, beside the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from smolforge.environment import project_home
+
+
+def _mlflow():
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_home() / 'mlflow.db'}")
+    return mlflow
+
+
+def experiment_id(name: str) -> str:
+    mlflow = _mlflow()
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (project_home() / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def prefect_tags() -> dict[str, str]:
+    """The Prefect flow run this MLflow run belongs to, when called inside one."""
+    try:
+        from prefect.runtime import flow_run
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        return {}
+    tags = {}
+    if flow_run.id:
+        tags["prefect.flow_run_id"] = str(flow_run.id)
+        tags["prefect.flow_run_name"] = str(flow_run.name)
+        if flow_run.ui_url:
+            tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    return tags
+
+
+@contextlib.contextmanager
+def run(name: str, experiment: str, parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """Start (and end) a run; nested under `parent_run_id` when given. Failures mark it FAILED."""
+    mlflow = _mlflow()
+    exp = experiment_id(experiment)
+    all_tags = {**prefect_tags(), "smolforge.stage": name, **(tags or {})}
+    active = mlflow.start_run(
+        experiment_id=exp, run_name=name, parent_run_id=parent_run_id, nested=parent_run_id is not None, tags=all_tags
+    )
+    try:
+        yield active
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """`{"a": {"b": 1}}` -> `{"a.b": "1"}`; lists of models are kept as one JSON-ish string."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, sub in value.items():
+            out.update(flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    text = str(value)
+    return {prefix: text if len(text) <= 6000 else text[:5997] + "..."}
+
+
+def log_params(params: dict[str, Any]) -> None:
+    _mlflow().log_params(flatten(params))
+
+
+def metric_name(*parts: str) -> str:
+    """MLflow accepts letters, digits, `_ - . / :` and spaces; anything else becomes `_`."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./: ")
+    return ".".join("".join(c if c in allowed else "_" for c in p) for p in parts)
+
+
+def run_url(run_id: str, experiment: str) -> str:
+    """Where to see a run: a server's URL, or the path inside `smolforge ui`'s MLflow UI."""
+    mlflow = _mlflow()
+    uri = mlflow.get_tracking_uri()
+    exp = experiment_id(experiment)
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+    return f"#/experiments/{exp}/runs/{run_id} (in the MLflow UI that `smolforge ui` starts)"
+

@@ -1,0 +1,99 @@
+"""`smolforge ui`: the Prefect server and the MLflow UI over this project's own stores, on localhost.
+
+The Prefect server opens the same database the embedded (ephemeral) runs wrote to, so earlier flow
+runs are there; while it is up, `smolforge run` sends new runs to it (see `ui.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from rich.console import Console
+
+from smolforge.environment import mlflow_tracking_uri
+
+HOST = "127.0.0.1"
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _bin(name: str) -> str:
+    """The console script installed beside this Python (the venv's, not whatever PATH finds first)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def start(home: Path, prefect_port: int, mlflow_port: int, timeout: float = 90) -> tuple[list[subprocess.Popen], dict[str, str]]:
+    """Start both servers, wait until they answer, return the processes and their URLs."""
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    prefect = subprocess.Popen(
+        [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
+        env=env, stdout=open(logs / "prefect-server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    mlflow = subprocess.Popen(
+        [_bin("mlflow"), "ui", "--backend-store-uri", mlflow_tracking_uri(home), "--host", HOST,
+         "--port", str(mlflow_port), "--workers", "1"],
+        env=env, stdout=open(logs / "mlflow-ui.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    procs = [prefect, mlflow]
+    urls = {"prefect": f"http://{HOST}:{prefect_port}", "mlflow": f"http://{HOST}:{mlflow_port}"}
+    checks = {"prefect": f"{urls['prefect']}/api/health", "mlflow": f"{urls['mlflow']}/health"}
+    deadline = time.monotonic() + timeout
+    pending = set(checks)
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            if _healthy(checks[name]):
+                pending.discard(name)
+        for proc, name in zip(procs, ("prefect", "mlflow")):
+            if proc.poll() is not None and name in pending:
+                stop(procs)
+                raise RuntimeError(f"the {name} server exited with code {proc.returncode}; see {logs}")
+        time.sleep(0.5)
+    if pending:
+        stop(procs)
+        raise RuntimeError(f"{', '.join(sorted(pending))} did not answer within {timeout:.0f} s; see {logs}")
+    (home / "ui.json").write_text(json.dumps({**urls, "pids": [p.pid for p in procs]}), encoding="utf-8")
+    return procs, urls
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def serve(home: Path, prefect_port: int, mlflow_port: int, console: Console) -> None:
+    console.print("starting the Prefect server and the MLflow UI …")
+    procs, urls = start(home, prefect_port, mlflow_port)
+    console.print(f"Prefect UI  {urls['prefect']}   (flow runs and task runs)")
+    console.print(f"MLflow UI   {urls['mlflow']}   (runs, metrics, params, artifacts, models)")
+    console.print("[dim]runs started with `smolforge run` now go to this Prefect server; Ctrl-C stops both[/]")
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        console.print("[red]a server stopped; see the logs in[/] " + str(home / "logs"))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(procs)
+        (home / "ui.json").unlink(missing_ok=True)

@@ -1,0 +1,159 @@
+"""The curation flow (FineWeb / FinePDFs style): raw files in, a curated, tokenized corpus out.
+
+extract -> language -> quality -> pii -> dedup (signatures, plan, apply) -> tokenizer -> pack -> corpus
+
+Shards move through the per-document steps independently (a shard's language step starts as soon
+as its extraction is done); the flow body only wires futures together and then logs the result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.futures import PrefectFuture
+
+from smolforge import tracking
+from smolforge.artifacts import ArtifactRef, file_hash
+from smolforge.config import ConfigError, CurateConfig, ExecutionConfig, PipelineConfig
+from smolforge.environment import project_home
+from smolforge.progress import wait_with_progress
+from smolforge.steps import Runtime
+from smolforge.tasks.curate import prefect_tasks as t
+
+
+@task(name="sample-corpus")
+def sample_corpus_task(dest: str, scale: int) -> dict[str, Any]:
+    """Assemble the offline sample corpus (idempotent: an existing complete copy is reused)."""
+    from smolforge.sample_corpus import build_sample_corpus
+
+    return build_sample_corpus(Path(dest), scale=scale)
+
+
+def data_dir_of(cfg: CurateConfig, home: Path) -> Path:
+    if cfg.data_dir:
+        return Path(cfg.data_dir).expanduser().resolve()
+    return home / f"sample-corpus-{cfg.sample_corpus.scale if cfg.sample_corpus else 1}"
+
+
+def runtime_for(execution: ExecutionConfig, home: Path) -> Runtime:
+    # Under Dask each task already runs in its own worker process: no pool inside it.
+    workers = 1 if execution.runner == "dask" else execution.cpu_workers()
+    return Runtime(root=str(home / "artifacts"), workers=workers)
+
+
+def _index_inputs(against: list[str], runtime: Runtime) -> list[t.InputFile]:
+    """Earlier dedup indexes, given as folders or as corpus / dedup-plan artifact keys."""
+    found = []
+    for entry in against:
+        candidates = [Path(entry).expanduser(), Path(entry).expanduser() / "dedup_index"]
+        candidates += [runtime.store.path("corpus", entry) / "dedup_index", runtime.store.path("dedup_plan", entry) / "index"]
+        folder = next((c for c in candidates if (c / "index.json").is_file() or (c / "MANIFEST").is_file() or c.is_dir() and any(c.glob("*.npz"))), None)
+        if folder is None:
+            raise ConfigError(f"curate.dedup.against: {entry!r} is neither an index folder nor a corpus key in {runtime.root}")
+        digest = "".join(file_hash(p) for p in sorted(folder.rglob("*")) if p.is_file())
+        found.append(t.InputFile(rel=folder.name, xxh3=digest, root=str(folder.parent)))
+    return found
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@flow(name="curate", log_prints=True)
+def curate(config: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Curate the configured sources into token shards; log the funnel to MLflow."""
+    started = time.perf_counter()
+    home = project_home()
+    cfg = config.curate
+    runtime = runtime_for(config.execution, home)
+    data_dir = data_dir_of(cfg, home)
+    if cfg.sample_corpus is not None:
+        sample_corpus_task(str(data_dir), cfg.sample_corpus.scale)
+
+    # Fail on configuration mistakes (a glob matching nothing, a missing index) before any work.
+    files = {s.name: t.discover(s, data_dir) for s in cfg.sources}
+    against = _index_inputs(cfg.dedup.against, runtime)
+
+    steps: dict[str, list[PrefectFuture]] = {k: [] for k in ("extract", "language", "quality", "pii", "minhash")}
+    by_source: dict[str, list[PrefectFuture]] = {}
+    for source in cfg.sources:
+        for chunk in _chunks(files[source.name], cfg.extract.files_per_shard):
+            ex = t.extract_shard.submit(source, chunk, cfg.extract, runtime)
+            la = t.language_shard.submit(ex, cfg.language, source.language, runtime)
+            qu = t.quality_shard.submit(la, cfg.quality, runtime)
+            pi = t.pii_shard.submit(qu, cfg.pii, runtime)
+            mh = t.minhash_shard.submit(pi, t.minhash_options(cfg.dedup), runtime)
+            for name, fut in zip(steps, (ex, la, qu, pi, mh)):
+                steps[name].append(fut)
+            by_source.setdefault(source.name, []).append(pi)
+    wait_with_progress(steps)
+
+    plan = t.dedup_plan(steps["minhash"], against, cfg.dedup, runtime)
+    deduped = {name: [t.dedup_shard.submit(pi, plan, runtime) for pi in futs] for name, futs in by_source.items()}
+    wait_with_progress({"dedup": [f for futs in deduped.values() for f in futs]})
+    deduped_refs = {name: [f.result() for f in futs] for name, futs in deduped.items()}
+
+    all_shards = [ref for refs in deduped_refs.values() for ref in refs]
+    tokenizer = t.tokenizer_task(all_shards, cfg.tokenizer, runtime)
+    packed_futs = {name: t.pack_task.submit(name, refs, tokenizer, cfg.pack, runtime) for name, refs in deduped_refs.items()}
+    wait_with_progress({"pack": list(packed_futs.values())})
+    packed = {name: f.result() for name, f in packed_futs.items()}
+
+    step_refs = {name: [f.result() for f in futs] for name, futs in steps.items() if name != "minhash"}
+    step_refs["dedup"] = all_shards
+    corpus = t.corpus_task(step_refs, plan, tokenizer, packed, runtime)
+    report = json.loads((corpus.path / "corpus.json").read_text(encoding="utf-8"))
+    run_id = log_curation(config, corpus, report, files, data_dir, parent_run_id)
+    return {
+        "corpus": corpus.model_dump(),
+        "mlflow_run_id": run_id,
+        "funnel": report["funnel"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def log_curation(
+    config: PipelineConfig,
+    corpus: ArtifactRef,
+    report: dict[str, Any],
+    files: dict[str, list[t.InputFile]],
+    data_dir: Path,
+    parent_run_id: str | None,
+) -> str:
+    """Params, funnel metrics, the table, the chart, the dropped-document list and the datasets."""
+    import mlflow
+    import pandas as pd
+
+    with tracking.run("curate", config.tracking.experiment, parent_run_id, tags={"smolforge.corpus_key": corpus.key}) as active:
+        tracking.log_params({"curate": config.curate.model_dump(mode="json"), "execution": config.execution.model_dump()})
+        metrics: dict[str, float] = {}
+        for row in report["funnel"]:
+            for field in ("docs_in", "docs_out", "dropped", "chars_in", "chars_out", "tokens_out"):
+                if row.get(field) is not None:
+                    metrics[tracking.metric_name(row["step"], field)] = row[field]
+        for step, m in report["steps"].items():
+            for reason, n in m.get("drops", {}).items():
+                metrics[tracking.metric_name("dropped", step, reason)] = n
+        for lang, n in report.get("languages", {}).items():
+            metrics[tracking.metric_name("language", lang)] = n
+        for source, meta in report["sources"].items():
+            for split in ("train", "val"):
+                metrics[tracking.metric_name("tokens", source, split)] = meta.get(split, {}).get("n_tokens", 0)
+        mlflow.log_metrics(metrics)
+        mlflow.log_table(pd.DataFrame(report["funnel"]), "curation/funnel.json")
+        for name in ("funnel.png", "corpus.json", "dropped.parquet"):
+            mlflow.log_artifact(str(corpus.path / name), "curation")
+        for source, inputs in files.items():
+            frame = pd.DataFrame([{"path": f.rel, "xxh3": f.xxh3} for f in inputs])
+            raw = mlflow.data.from_pandas(frame, source=str(data_dir), name=f"raw-{source}")
+            mlflow.log_input(raw, context="raw")
+        sources = pd.DataFrame(
+            [{"source": s, **{f"{k}_tokens": v.get(k, {}).get("n_tokens", 0) for k in ("train", "val")}} for s, v in report["sources"].items()]
+        )
+        curated = mlflow.data.from_pandas(sources, source=corpus.uri, name="curated-corpus", digest=corpus.key[:16])
+        mlflow.log_input(curated, context="curated")
+        return active.info.run_id

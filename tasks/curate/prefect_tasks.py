@@ -1,0 +1,248 @@
+"""The curation steps as cached Prefect tasks, one artifact each.
+
+Per-document steps run once per shard (a few files' worth of documents), so the task runner can fan
+them out (threads feeding a process pool here, Dask workers on a cluster); the steps that need the
+whole corpus (dedup clustering, tokenizer training, the final report) run once. Each task reads its
+input artifacts' files, calls the plain step function, and writes `docs.parquet` (kept documents)
+and `drops.parquet` (removed documents with their reason) into its own artifact folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from smolforge.artifacts import ArtifactRef, file_hash, stable_hash
+from smolforge.config import (
+    ConfigError,
+    DedupConfig,
+    ExtractConfig,
+    LanguageConfig,
+    PackConfig,
+    PIIConfig,
+    QualityConfig,
+    SourceConfig,
+    TokenizerConfig,
+)
+from smolforge.parallel import run_cpu
+from smolforge.steps import Runtime, artifact_step
+from smolforge.tasks.curate import dedup, extract, langid, pack, pii, quality, stats, tokenizer
+from smolforge.tasks.curate.documents import (
+    StepResult,
+    read_docs,
+    read_drops,
+    write_docs,
+    write_drops,
+)
+
+DOCS, DROPS = "docs.parquet", "drops.parquet"
+
+
+class InputFile(BaseModel):
+    """A raw input file, keyed by its content so an edited file re-runs its shard."""
+
+    rel: str = Field(description="Path relative to the source's base folder; part of document ids.")
+    xxh3: str
+    root: str = Field(exclude=True, description="The source's base folder (not part of the cache key).")
+
+
+def _glob_base(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard."""
+    parts = Path(pattern).parts
+    fixed = [p for p in parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]]
+    return str(Path(*fixed)) if fixed else "."
+
+
+def discover(source: SourceConfig, data_dir: Path) -> list[InputFile]:
+    """The files of a source, sorted; a path or glob that matches nothing is a configuration error."""
+    pattern = source.path if Path(source.path).is_absolute() else str(data_dir / source.path)
+    if Path(pattern).is_dir():
+        base, matches = Path(pattern), [p for p in Path(pattern).rglob("*") if p.is_file()]
+    else:
+        base = Path(_glob_base(pattern))
+        if Path(pattern).is_file():
+            base = Path(pattern).parent
+        matches = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
+    if not matches:
+        raise ConfigError(f"source {source.name!r}: path {source.path!r} matched no files (looked for {pattern})")
+    return [InputFile(rel=str(p.relative_to(base)), xxh3=file_hash(p), root=str(base)) for p in sorted(matches)]
+
+
+def _write_result(out: Path, result: StepResult) -> None:
+    write_docs(result.kept, out / DOCS)
+    write_drops(result.dropped, out / DROPS)
+
+
+# --- work functions: module level, so the process pool can pickle them ---------------------------
+
+
+def _extract_work(files: list[tuple[str, str]], kind: str, source: str, opts: dict, out: str) -> dict:
+    result = extract.extract_files(files, kind, source, **opts)
+    _write_result(Path(out), result)
+    chars_in = sum(len(d.text) for d in result.kept) + sum(d.chars for d in result.dropped)
+    return stats.shard_metrics(len(result.kept) + len(result.dropped), chars_in, result, files=len(files))
+
+
+def _doc_step_work(step: str, shard: str, opts: dict, out: str) -> dict:
+    docs = read_docs(Path(shard) / DOCS)
+    docs_in, chars_in = len(docs), stats.doc_chars(docs)
+    extra: dict[str, Any] = {}
+    if step == "language":
+        result = langid.identify_languages(docs, **opts)
+    elif step == "quality":
+        result = quality.filter_quality(docs, **opts)
+    elif step == "pii":
+        result, extra["docs_masked"] = pii.mask_pii(docs, **opts)
+    else:
+        raise ValueError(f"unknown document step {step!r}")
+    _write_result(Path(out), result)
+    return stats.shard_metrics(docs_in, chars_in, result, **extra)
+
+
+def _minhash_work(shard: str, opts: dict, out: str) -> dict:
+    docs = read_docs(Path(shard) / DOCS)
+    signatures = dedup.minhash_signature_shard(docs, **opts)
+    dedup.save_signatures(signatures, Path(out) / "signatures.npz")
+    return {"docs": len(docs)}
+
+
+# --- the tasks ------------------------------------------------------------------------------------
+
+_CODE = Path(__file__).parent
+
+
+@artifact_step("extracted", code=(_CODE / "extract.py", _CODE / "documents.py"))
+def extract_shard(out: Path, source: SourceConfig, files: list[InputFile], cfg: ExtractConfig, runtime: Runtime) -> dict:
+    """Main text out of HTML, PDF, WARC, text and JSONL files; unreadable files are dropped with a reason."""
+    pairs = [(str(Path(f.root) / f.rel), f.rel) for f in files]
+    opts = {"max_chars": cfg.max_chars, "min_chars": cfg.min_chars, "text_field": cfg.text_field, "ocr": cfg.ocr}
+    return run_cpu(runtime.workers, _extract_work, pairs, source.kind, source.name, opts, str(out))
+
+
+@artifact_step("language", code=(_CODE / "langid.py",))
+def language_shard(out: Path, shard: ArtifactRef, cfg: LanguageConfig, declared: str | None, runtime: Runtime) -> dict:
+    """fastText lid.176: keep the configured languages above the score threshold."""
+    opts = {"keep": cfg.keep, "threshold": cfg.threshold, "declared": declared}
+    return run_cpu(runtime.workers, _doc_step_work, "language", shard.uri, opts, str(out))
+
+
+@artifact_step("quality", code=(_CODE / "quality.py",))
+def quality_shard(out: Path, shard: ArtifactRef, cfg: QualityConfig, runtime: Runtime) -> dict:
+    """Gopher repetition and quality, C4 and FineWeb rules (datatrove's implementations)."""
+    opts = {"rules": cfg.model_dump()}
+    return run_cpu(runtime.workers, _doc_step_work, "quality", shard.uri, opts, str(out))
+
+
+@artifact_step("pii", code=(_CODE / "pii.py",))
+def pii_shard(out: Path, shard: ArtifactRef, cfg: PIIConfig, runtime: Runtime) -> dict:
+    """Mask e-mail and public IP addresses."""
+    return run_cpu(runtime.workers, _doc_step_work, "pii", shard.uri, cfg.model_dump(), str(out))
+
+
+def minhash_options(cfg: DedupConfig) -> dict[str, int]:
+    return {"ngram": cfg.ngram, "buckets": cfg.buckets, "hashes_per_bucket": cfg.hashes_per_bucket, "seed": cfg.seed}
+
+
+@artifact_step("minhash", code=(_CODE / "dedup.py",))
+def minhash_shard(out: Path, shard: ArtifactRef, options: dict[str, int], runtime: Runtime) -> dict:
+    """Exact-text keys and MinHash bucket signatures of one shard."""
+    return run_cpu(runtime.workers, _minhash_work, shard.uri, options, str(out))
+
+
+@artifact_step("dedup_plan", code=(_CODE / "dedup.py",))
+def dedup_plan(
+    out: Path, signatures: list[ArtifactRef], against: list[InputFile], cfg: DedupConfig, runtime: Runtime
+) -> dict:
+    """Cluster the whole corpus (and earlier indexes) and decide which documents are duplicates.
+
+    Also saves this corpus's own index, which a later run lists in `dedup.against`."""
+    sigs = [dedup.load_signatures(ref.path / "signatures.npz") for ref in signatures]
+    index = None
+    for entry in against:
+        loaded = dedup.DedupIndex.load(Path(entry.root) / entry.rel)
+        index = loaded if index is None else index.merge(loaded)
+    found = dedup.find_duplicates(sigs, index=index, exact=cfg.exact, minhash=cfg.minhash, threshold=cfg.threshold)
+    (out / "duplicates.json").write_text(json.dumps(found, sort_keys=True), encoding="utf-8")
+    dedup.DedupIndex.from_signatures(sigs, name=stable_hash([r.key for r in signatures])).save(out / "index")
+    reasons: dict[str, int] = {}
+    for reason, _ in found.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {"duplicates": len(found), "reasons": reasons}
+
+
+@artifact_step("deduped", code=(_CODE / "dedup.py",))
+def dedup_shard(out: Path, shard: ArtifactRef, plan: ArtifactRef, runtime: Runtime) -> dict:
+    """Drop the documents the plan marked as duplicates from one shard."""
+    docs = read_docs(shard.path / DOCS)
+    found = {k: tuple(v) for k, v in json.loads((plan.path / "duplicates.json").read_text()).items()}
+    result = dedup.apply_duplicates(docs, found)
+    _write_result(out, result)
+    return stats.shard_metrics(len(docs), stats.doc_chars(docs), result)
+
+
+def _iter_texts(shards: list[ArtifactRef]):
+    for ref in shards:
+        for doc in read_docs(ref.path / DOCS):
+            yield doc.text
+
+
+@artifact_step("tokenizer", code=(_CODE / "tokenizer.py",))
+def tokenizer_task(out: Path, shards: list[ArtifactRef], cfg: TokenizerConfig, runtime: Runtime) -> dict:
+    """Train a byte-level BPE on the curated text, or adopt an existing tokenizer."""
+    if cfg.pretrained:
+        tok = tokenizer.load_tokenizer(cfg.pretrained)
+        tok.save_pretrained(out)
+        return {"vocab_size": len(tok), "pretrained": cfg.pretrained}
+    info = tokenizer.train_tokenizer(
+        _iter_texts(shards), vocab_size=cfg.vocab_size, out_dir=out, min_frequency=cfg.min_frequency
+    )
+    return {"pretrained": None, **info}
+
+
+@artifact_step("tokens", code=(_CODE / "pack.py",))
+def pack_task(
+    out: Path, source: str, shards: list[ArtifactRef], tokenizer_ref: ArtifactRef, cfg: PackConfig, runtime: Runtime
+) -> dict:
+    """Token shards of one source with end-of-document tokens, boundaries and a validation split."""
+    tok = tokenizer.load_tokenizer(tokenizer_ref.uri)
+    docs = (doc for ref in shards for doc in read_docs(ref.path / DOCS))
+    return pack.pack_documents(docs, tok, out, val_fraction=cfg.val_fraction, seed=cfg.seed)
+
+
+@artifact_step("corpus", code=(_CODE / "stats.py",))
+def corpus_task(
+    out: Path,
+    steps: dict[str, list[ArtifactRef]],
+    plan: ArtifactRef,
+    tokenizer_ref: ArtifactRef,
+    packed: dict[str, ArtifactRef],
+    runtime: Runtime,
+) -> dict:
+    """The curated corpus: token shards per source, tokenizer, dedup index, statistics and the
+    list of every dropped document with its reason."""
+    per_step = {step: stats.add_up([ref.manifest()["metrics"] for ref in refs]) for step, refs in steps.items()}
+    per_source: dict[str, dict[str, Any]] = {}
+    for name, ref in packed.items():
+        meta = ref.manifest()["metrics"]
+        per_source[name] = {"uri": ref.uri, **meta}
+    tokens = sum(m.get("train", {}).get("n_tokens", 0) + m.get("val", {}).get("n_tokens", 0) for m in per_source.values())
+    rows = stats.funnel_rows(per_step, tokens)
+    drops = [d for refs in steps.values() for ref in refs for d in read_drops(ref.path / DROPS)]
+    write_drops(drops, out / "dropped.parquet")
+    shutil.copytree(plan.path / "index", out / "dedup_index")
+    stats.plot_funnel(rows, out / "funnel.png")
+    report = {
+        "funnel": rows,
+        "steps": per_step,
+        "sources": per_source,
+        "tokenizer": tokenizer_ref.uri,
+        "languages": per_step.get("dedup", {}).get("languages", {}),
+        "tokens": tokens,
+    }
+    (out / "corpus.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    return {"documents": rows[-1]["docs_out"] if rows else 0, "tokens": tokens, "dropped": len(drops)}
