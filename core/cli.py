@@ -59,20 +59,42 @@ def run(
             run_id = curated["mlflow_run_id"]
     except ConfigError as exc:
         _fail(str(exc))
-    print_funnel(curated["funnel"])
+    finally:
+        _settle_events()
+    print_funnel(curated["funnel"], curated["drops"])
     _where_to_look(run_id, cfg.tracking.experiment, curated)
 
 
-def print_funnel(rows: list[dict]) -> None:
+def _settle_events() -> None:
+    """Hand the last task-run events to Prefect's temporary server before it shuts down with the
+    process; without the pause its recorder is cancelled mid-flush and the UI misses the last states."""
+    import os
+    import time
+
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)
+    if not os.environ.get("PREFECT_API_URL"):
+        time.sleep(1.5)
+
+
+def print_funnel(rows: list[dict], drops: dict[str, dict[str, int]]) -> None:
     table = Table(title="curation funnel", title_justify="left")
-    for col in ("step", "docs in", "docs out", "dropped", "chars out", "tokens", "main drop reasons"):
-        table.add_column(col, justify="left" if col in ("step", "main drop reasons") else "right")
+    for col in ("step", "docs in", "docs out", "dropped", "chars out", "tokens"):
+        table.add_column(col, justify="left" if col == "step" else "right")
     for r in rows:
         table.add_row(
             r["step"], f"{r['docs_in']:,}", f"{r['docs_out']:,}", f"{r['dropped']:,}", f"{r['chars_out']:,}",
-            f"{r['tokens_out']:,}" if r.get("tokens_out") else "", r.get("top_reasons", ""),
+            f"{r['tokens_out']:,}" if r.get("tokens_out") else "",
         )
     console.print(table)
+    reasons = Table(title="dropped documents by reason", title_justify="left")
+    for col in ("step", "reason", "documents"):
+        reasons.add_column(col, justify="right" if col == "documents" else "left")
+    for step, counts in drops.items():
+        for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            reasons.add_row(step, reason, f"{n:,}")
+    console.print(reasons)
 
 
 def _where_to_look(run_id: str, experiment: str, curated: dict) -> None:

@@ -116,13 +116,6 @@ class DedupConfig(Strict):
     ngram: int = Field(5, ge=1, description="Words per shingle (FineWeb: 5).")
     buckets: int = Field(14, ge=1, description="LSH bands (FineWeb: 14).")
     hashes_per_bucket: int = Field(8, ge=1, description="Hashes per band (FineWeb: 8).")
-    threshold: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="If set, a bucket match also needs this estimated Jaccard similarity (share of equal hashes); "
-        "null keeps FineWeb's rule (one full bucket match).",
-    )
     against: list[str] = Field(
         default_factory=list,
         description="Earlier dedup indexes (artifact keys or folders) whose documents count as already seen.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +47,22 @@ def runtime_for(execution: ExecutionConfig, home: Path) -> Runtime:
 
 
 def _index_inputs(against: list[str], runtime: Runtime) -> list[t.InputFile]:
-    """Earlier dedup indexes, given as folders or as corpus / dedup-plan artifact keys."""
+    """Earlier dedup indexes, named by folder or by the key of the corpus that holds one."""
     found = []
     for entry in against:
-        candidates = [Path(entry).expanduser(), Path(entry).expanduser() / "dedup_index"]
-        candidates += [runtime.store.path("corpus", entry) / "dedup_index", runtime.store.path("dedup_plan", entry) / "index"]
-        folder = next((c for c in candidates if (c / "index.json").is_file() or (c / "MANIFEST").is_file() or c.is_dir() and any(c.glob("*.npz"))), None)
+        folder = next(
+            (
+                c
+                for c in (Path(entry).expanduser(), Path(entry).expanduser() / "dedup_index", runtime.store.path("corpus", entry) / "dedup_index")
+                if (c / "meta.json").is_file() and (c / "index.npz").is_file()
+            ),
+            None,
+        )
         if folder is None:
-            raise ConfigError(f"curate.dedup.against: {entry!r} is neither an index folder nor a corpus key in {runtime.root}")
-        digest = "".join(file_hash(p) for p in sorted(folder.rglob("*")) if p.is_file())
+            raise ConfigError(
+                f"curate.dedup.against: {entry!r} is neither a dedup index folder nor the key of a corpus in {runtime.root}"
+            )
+        digest = file_hash(folder / "index.npz")
         found.append(t.InputFile(rel=folder.name, xxh3=digest, root=str(folder.parent)))
     return found
 
@@ -112,6 +120,7 @@ def curate(config: PipelineConfig, parent_run_id: str | None = None) -> dict[str
         "corpus": corpus.model_dump(),
         "mlflow_run_id": run_id,
         "funnel": report["funnel"],
+        "drops": {step: m.get("drops", {}) for step, m in report["steps"].items() if m.get("drops")},
         "seconds": round(time.perf_counter() - started, 2),
     }
 
@@ -128,6 +137,10 @@ def log_curation(
     import mlflow
     import pandas as pd
 
+    # A local folder matches two of MLflow's dataset-source types and integer columns trigger a
+    # schema hint; both warnings are about model signatures we do not use here.
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
     with tracking.run("curate", config.tracking.experiment, parent_run_id, tags={"smolforge.corpus_key": corpus.key}) as active:
         tracking.log_params({"curate": config.curate.model_dump(mode="json"), "execution": config.execution.model_dump()})
         metrics: dict[str, float] = {}

@@ -14,8 +14,8 @@ def test_tiny_preset_loads_with_fineweb_defaults():
 
 
 def test_override_sets_nested_value_and_list_items():
-    cfg = load_config("tiny", overrides=["curate.dedup.threshold=0.8", "curate.sources.0.language=fr", "curate.language.keep=[en, fr]"])
-    assert cfg.curate.dedup.threshold == 0.8
+    cfg = load_config("tiny", overrides=["curate.dedup.ngram=3", "curate.sources.0.language=fr", "curate.language.keep=[en, fr]"])
+    assert cfg.curate.dedup.ngram == 3
     assert cfg.curate.sources[0].language == "fr"
     assert cfg.curate.language.keep == ["en", "fr"]
 
@@ -27,12 +27,12 @@ def test_null_turns_a_rule_set_off():
 @pytest.mark.parametrize(
     "override, words",
     [
-        ("curate.dedup.threshold=1.5", ["curate.dedup.threshold", "1.5", "less than or equal to 1"]),
-        ("curate.dedup.thresold=0.8", ["curate.dedup.thresold", "unknown setting"]),
+        ("curate.language.threshold=1.5", ["curate.language.threshold", "1.5", "less than or equal to 1"]),
+        ("curate.dedup.ngrams=3", ["curate.dedup.ngrams", "unknown setting"]),
         ("curate.sources.0.kind=docx", ["curate.sources.0.kind", "docx", "'html', 'pdf'"]),
         ("curate.language.threshold=high", ["curate.language.threshold", "high", "valid number"]),
         ("curate.sources.9.kind=html", ["curate.sources", "list of 5 items"]),
-        ("curate.dedup.threshold", ["section.field=value"]),
+        ("curate.dedup.ngram", ["section.field=value"]),
     ],
 )
 def test_bad_values_fail_naming_field_value_and_expectation(override, words):

@@ -166,7 +166,7 @@ def dedup_plan(
     for entry in against:
         loaded = dedup.DedupIndex.load(Path(entry.root) / entry.rel)
         index = loaded if index is None else index.merge(loaded)
-    found = dedup.find_duplicates(sigs, index=index, exact=cfg.exact, minhash=cfg.minhash, threshold=cfg.threshold)
+    found = dedup.find_duplicates(sigs, index=index, exact=cfg.exact, minhash=cfg.minhash)
     (out / "duplicates.json").write_text(json.dumps(found, sort_keys=True), encoding="utf-8")
     dedup.DedupIndex.from_signatures(sigs, name=stable_hash([r.key for r in signatures])).save(out / "index")
     reasons: dict[str, int] = {}
