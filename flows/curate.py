@@ -67,6 +67,19 @@ def _index_inputs(against: list[str], runtime: Runtime) -> list[t.InputFile]:
     return found
 
 
+class _Stopwatch:
+    """Wall time of each phase of the flow, returned with the result (the benchmark reads it)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -75,6 +88,7 @@ def _chunks(items: list, size: int) -> list[list]:
 def curate(config: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     """Curate the configured sources into token shards; log the funnel to MLflow."""
     started = time.perf_counter()
+    clock = _Stopwatch()
     home = project_home()
     cfg = config.curate
     runtime = runtime_for(config.execution, home)
@@ -85,6 +99,7 @@ def curate(config: PipelineConfig, parent_run_id: str | None = None) -> dict[str
     # Fail on configuration mistakes (a glob matching nothing, a missing index) before any work.
     files = {s.name: t.discover(s, data_dir) for s in cfg.sources}
     against = _index_inputs(cfg.dedup.against, runtime)
+    clock.lap("inputs")
 
     steps: dict[str, list[PrefectFuture]] = {k: [] for k in ("extract", "language", "quality", "pii", "minhash")}
     by_source: dict[str, list[PrefectFuture]] = {}
@@ -99,29 +114,36 @@ def curate(config: PipelineConfig, parent_run_id: str | None = None) -> dict[str
                 steps[name].append(fut)
             by_source.setdefault(source.name, []).append(pi)
     wait_with_progress(steps)
+    clock.lap("documents")
 
     plan = t.dedup_plan(steps["minhash"], against, cfg.dedup, runtime)
     deduped = {name: [t.dedup_shard.submit(pi, plan, runtime) for pi in futs] for name, futs in by_source.items()}
     wait_with_progress({"dedup": [f for futs in deduped.values() for f in futs]})
     deduped_refs = {name: [f.result() for f in futs] for name, futs in deduped.items()}
+    clock.lap("dedup")
 
     all_shards = [ref for refs in deduped_refs.values() for ref in refs]
     tokenizer = t.tokenizer_task(all_shards, cfg.tokenizer, runtime)
+    clock.lap("tokenizer")
     packed_futs = {name: t.pack_task.submit(name, refs, tokenizer, cfg.pack, runtime) for name, refs in deduped_refs.items()}
     wait_with_progress({"pack": list(packed_futs.values())})
     packed = {name: f.result() for name, f in packed_futs.items()}
+    clock.lap("pack")
 
     step_refs = {name: [f.result() for f in futs] for name, futs in steps.items() if name != "minhash"}
     step_refs["dedup"] = all_shards
     corpus = t.corpus_task(step_refs, plan, tokenizer, packed, runtime)
     report = json.loads((corpus.path / "corpus.json").read_text(encoding="utf-8"))
+    clock.lap("report")
     run_id = log_curation(config, corpus, report, files, data_dir, parent_run_id)
+    clock.lap("mlflow")
     return {
         "corpus": corpus.model_dump(),
         "mlflow_run_id": run_id,
         "funnel": report["funnel"],
         "drops": {step: m.get("drops", {}) for step, m in report["steps"].items() if m.get("drops")},
         "seconds": round(time.perf_counter() - started, 2),
+        "timings": clock.laps,
     }
 
 

@@ -1,0 +1,44 @@
+"""Every test session gets its own project folder, set before Prefect is imported (it reads its
+settings at import): Prefect's temporary server, MLflow's SQLite store and the artifacts live there,
+never in the developer's own folders or servers."""
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH"):
+    os.environ.pop(var, None)
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from smolforge.environment import configure  # noqa: E402
+
+SESSION_HOME = configure(Path(tempfile.mkdtemp(prefix="smolforge-tests-")))
+
+
+@pytest.fixture(scope="session")
+def session_home() -> Path:
+    return SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(session_home) -> Path:
+    """The scale-1 sample corpus, built once per session where the tiny preset looks for it."""
+    from smolforge.sample_corpus import build_sample_corpus
+
+    dest = session_home / "sample-corpus-1"
+    build_sample_corpus(dest, scale=1)
+    return dest
+
+
+def _remove_home() -> None:
+    if os.environ.get("SMOLFORGE_KEEP_TEST_HOME") != "1":
+        shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
+
+# Registered before Prefect starts its temporary server, so it runs after the server has stopped.
+atexit.register(_remove_home)
