@@ -41,6 +41,9 @@ def start(home: Path, prefect_port: int, mlflow_port: int, timeout: float = 90) 
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    # MLflow's server also starts seven job-queue workers (~240 MB each) for GenAI scorers this
+    # project does not use.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     prefect = subprocess.Popen(
         [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
         env=env, stdout=open(logs / "prefect-server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -82,8 +85,14 @@ def stop(procs: list[subprocess.Popen]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(home: Path, prefect_port: int, mlflow_port: int, console: Console) -> None:
     console.print("starting the Prefect server and the MLflow UI …")
+    # `kill` (SIGTERM) stops the servers as Ctrl-C does, instead of leaving them orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
     procs, urls = start(home, prefect_port, mlflow_port)
     console.print(f"Prefect UI  {urls['prefect']}   (flow runs and task runs)")
     console.print(f"MLflow UI   {urls['mlflow']}   (runs, metrics, params, artifacts, models)")

@@ -1,8 +1,15 @@
 """The curation flow end to end on the sample corpus: funnel, planted cases, MLflow, caching."""
 
 import json
+import os
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -156,3 +163,55 @@ def test_later_run_deduplicates_against_an_earlier_corpus(first_run, session_hom
 def test_unknown_index_is_a_config_error(session_home, sample_corpus):
     with pytest.raises(ConfigError, match="curate.dedup.against: 'nope'"):
         pipeline(load_config("tiny", overrides=["curate.dedup.against=[nope]"]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_flow_runs_and_the_mlflow_runs(first_run, session_home):
+    """`smolforge ui` starts both servers on this project's stores; the runs above are visible."""
+    ports = [_free_port(), _free_port()]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smolforge.cli", "ui", "--prefect-port", str(ports[0]), "--mlflow-port", str(ports[1])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not any(line.startswith("MLflow UI") for line in lines):
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            lines.append(line)
+        output = "".join(lines)
+        if proc.poll() is not None:
+            output += proc.stdout.read() + "".join(p.read_text() for p in (session_home / "logs").glob("*.log"))
+        assert f"http://127.0.0.1:{ports[0]}" in output and f"http://127.0.0.1:{ports[1]}" in output, output
+        prefect_api = f"http://127.0.0.1:{ports[0]}/api"
+        flows = _post(f"{prefect_api}/flow_runs/filter", {"limit": 50})
+        names = {f["name"] for f in flows}
+        assert names, "no flow runs visible"
+        pipeline_run = next(f for f in flows if f["id"] == mlflow.get_run(first_run["mlflow_run_id"]).data.tags["prefect.flow_run_id"])
+        assert pipeline_run["state_type"] == "COMPLETED"
+        tasks = _post(f"{prefect_api}/task_runs/filter", {"limit": 200})
+        assert len(tasks) > 20
+        runs = _post(
+            f"http://127.0.0.1:{ports[1]}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [mlflow.get_run(first_run["mlflow_run_id"]).info.experiment_id], "max_results": 50},
+        )["runs"]
+        assert first_run["curate"]["mlflow_run_id"] in {r["info"]["run_id"] for r in runs}
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/", timeout=10) as page:
+            assert page.status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert not (session_home / "ui.json").exists()
+
+
+def _post(url: str, body: dict):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
