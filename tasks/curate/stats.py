@@ -83,37 +83,42 @@ def funnel_rows(per_step: dict[str, dict[str, Any]], tokens: int) -> list[dict[s
 
 
 def plot_funnel(rows: list[dict[str, Any]], path: Path) -> None:
-    """Documents and characters left after each step, with the main drop reasons beside each bar."""
+    """Documents and characters left after each step, and each step's main drop reasons."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in rows]
-    fig, (ax_docs, ax_chars) = plt.subplots(1, 2, figsize=(12, 0.6 * len(rows) + 2), sharey=True)
+    fig, (ax_docs, ax_chars, ax_why) = plt.subplots(
+        1, 3, figsize=(14, 0.55 * len(rows) + 1.8), gridspec_kw={"width_ratios": [3, 2, 3]}, sharey=True
+    )
     y = list(range(len(rows)))[::-1]
     start_docs = rows[0]["docs_in"] if rows else 0
-    ax_docs.barh(y, [start_docs] * len(rows), color="#e5e7eb", label="in at the start")
+    ax_docs.barh(y, [start_docs] * len(rows), color="#e5e7eb", label="documents in at the start")
     ax_docs.barh(y, [r["docs_out"] for r in rows], color="#2563eb", label="kept after the step")
     for yi, r in zip(y, rows):
-        note = f" {r['docs_out']:,}"
-        if r["dropped"]:
-            note += f"  (−{r['dropped']:,}: {r['top_reasons']})"
-        ax_docs.text(r["docs_out"], yi, note, va="center", fontsize=8)
-    ax_docs.set_yticks(y, steps)
+        dropped = f"  (−{r['dropped']:,})" if r["dropped"] else ""
+        ax_docs.text(r["docs_out"], yi, f" {r['docs_out']:,}{dropped}", va="center", fontsize=8)
+    ax_docs.set_yticks(y, [r["step"] for r in rows])
     ax_docs.set_xlabel("documents")
-    ax_docs.set_title("Curation funnel: documents")
-    ax_docs.legend(loc="lower right", fontsize=8)
+    ax_docs.set_title("Curation funnel")
+    ax_docs.legend(loc="lower right", fontsize=7)
     mchars = [r["chars_out"] / 1e6 for r in rows]
     ax_chars.barh(y, mchars, color="#16a34a")
     for yi, v, r in zip(y, mchars, rows):
-        extra = f"  {r['tokens_out']:,} tokens" if r["tokens_out"] else ""
-        ax_chars.text(v, yi, f" {v:.2f} M{extra}", va="center", fontsize=8)
-    ax_chars.set_xlabel("characters (millions)")
-    ax_chars.set_title("characters kept")
+        tokens = f"\n {r['tokens_out']:,} tokens" if r["tokens_out"] else ""
+        ax_chars.text(v, yi, f" {v:.2f} M{tokens}", va="center", fontsize=8)
+    ax_chars.set_xlabel("characters kept (millions)")
+    ax_chars.set_title("characters")
+    ax_why.set_title("main drop reasons", loc="left")
+    ax_why.axis("off")
+    ax_why.set_xlim(0, 1)
+    for yi, r in zip(y, rows):
+        reasons = r["top_reasons"].split(", ") if r["top_reasons"] else []
+        ax_why.text(0, yi, "\n".join(reasons), va="center", fontsize=7.5, family="monospace")
     for ax in (ax_docs, ax_chars):
         ax.spines[["top", "right"]].set_visible(False)
-        ax.margins(x=0.45)
+        ax.margins(x=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
