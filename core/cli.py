@@ -55,6 +55,7 @@ def run(
             result = pipeline(cfg)
             curated, run_id = result["curate"], result["mlflow_run_id"]
         else:
+            result = {}
             curated = curate.with_options(task_runner=task_runner_for(cfg.execution))(cfg)
             run_id = curated["mlflow_run_id"]
     except ConfigError as exc:
@@ -62,6 +63,8 @@ def run(
     finally:
         _settle_events()
     print_funnel(curated["funnel"], curated["drops"])
+    if result.get("pretrain"):
+        print_pretraining(result["pretrain"])
     _where_to_look(run_id, cfg.tracking.experiment, curated)
 
 
@@ -95,6 +98,20 @@ def print_funnel(rows: list[dict], drops: dict[str, dict[str, int]]) -> None:
         for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
             reasons.add_row(step, reason, f"{n:,}")
     console.print(reasons)
+
+
+def print_pretraining(pretrained: dict) -> None:
+    table = Table(title="pretraining", title_justify="left")
+    for col in ("stage", "global step", "tokens", "val loss", "rollbacks", "seconds"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in pretrained["stages"]:
+        table.add_row(
+            s["stage"], str(s["steps"]), f"{s['tokens']:,}", f"{s.get('val_loss', float('nan')):.3f}",
+            str(s["rollbacks"]), str(s["seconds"]),
+        )
+    console.print(table)
+    reg = pretrained["registered"]
+    console.print(f"model       {reg['uri']} (version {reg['version']})")
 
 
 def _where_to_look(run_id: str, experiment: str, curated: dict) -> None:

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from smolforge.models.config import ModelConfig, MTPConfig, OptimizerConfig
+from smolforge.strict import Strict
+from smolforge.tasks.train.config import PretrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 SMOLLM3_LANGUAGES = ["en", "fr", "es", "de", "it", "pt"]
@@ -20,10 +24,6 @@ SMOLLM3_LANGUAGES = ["en", "fr", "es", "de", "it", "pt"]
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message is meant for the user as is."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class SourceConfig(Strict):
@@ -171,9 +171,23 @@ class TrackingConfig(Strict):
     experiment: str = Field("smolforge", min_length=1, description="MLflow experiment name.")
 
 
+class PretrainSection(PretrainConfig):
+    """Three-stage pretraining (SmolLM3 style): the stages and their loop settings, plus the model,
+    the multi-token-prediction heads, the optimizer and the registry name of the result."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    mtp: MTPConfig = Field(default_factory=MTPConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    register_as: str = Field("smolforge-base", min_length=1, description="Registered model name in MLflow.")
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["The river", "Le roi", "def main"], description="Prompts whose continuations are logged."
+    )
+
+
 class PipelineConfig(Strict):
     preset: str | None = Field(None, description="Preset this config was built from (informational).")
     curate: CurateConfig
+    pretrain: PretrainSection | None = Field(None, description="Pretraining after curation; null stops after curation.")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -184,6 +198,15 @@ class PipelineConfig(Strict):
             raise ValueError(
                 f"sources {relative} have relative paths but neither curate.data_dir nor curate.sample_corpus is set"
             )
+        if self.pretrain is not None:
+            names = {s.name for s in self.curate.sources}
+            for i, stage in enumerate(self.pretrain.stages):
+                unknown = sorted(set(stage.mixture) - names)
+                if unknown:
+                    raise ValueError(
+                        f"pretrain.stages.{i}.mixture names {unknown}, which are not curate sources "
+                        f"(the corpus will have: {sorted(names)})"
+                    )
         return self
 
 
@@ -244,7 +267,11 @@ def _describe(error: ValidationError) -> str:
     lines = []
     for err in error.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        if not err["loc"] or err["type"] == "value_error" and isinstance(err["input"], dict):
+            # a rule across several fields: the message itself names them
+            prefix = f"{where}: " if err["loc"] else ""
+            lines.append(prefix + err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown setting (value {err['input']!r})")
         elif err["type"] == "missing":
             lines.append(f"{where}: required setting is missing")

@@ -6,6 +6,9 @@ by its key and `Runtime` (where things live, how many workers) does not count at
 cache key is the same key, so a finished step shows as Cached in the UI; when the artifact behind
 a key has gone missing or fails its hashes, the stale Prefect record is deleted first so the task
 really runs again.
+
+A step that can be interrupted and resumed (training) also declares `workdir`: a folder kept per
+key outside the artifact, where it leaves checkpoints a re-run picks up.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class Runtime(BaseModel):
 
     root: str
     workers: int = 1
+    experiment: str = "smolforge"
+    parent_run_id: str | None = None  # MLflow run that stage runs nest under
 
     @property
     def store(self) -> ArtifactStore:
@@ -79,7 +84,11 @@ def artifact_step(kind: str, *, code: tuple[str | Path, ...] = (), **task_option
         step = fn.__name__
         code_hash = code_version(inspect.getsourcefile(fn), *code)
         signature = inspect.signature(fn)
-        public = signature.replace(parameters=list(signature.parameters.values())[1:])
+        # `out` (first) and an optional `workdir` are supplied here, not by callers
+        wants_workdir = "workdir" in signature.parameters
+        public = signature.replace(
+            parameters=[p for p in list(signature.parameters.values())[1:] if p.name != "workdir"]
+        )
 
         def key_of(params: dict[str, Any]) -> str:
             _, defining = _split(params)
@@ -96,8 +105,9 @@ def artifact_step(kind: str, *, code: tuple[str | Path, ...] = (), **task_option
             existing = store.get(kind, key)
             if existing is not None:
                 return existing
+            extra = {"workdir": store.root / ".work" / kind / key} if wants_workdir else {}
             with store.write(kind, key, step=step, inputs=_input_refs(params), config=jsonable(defining)) as (tmp, metrics):
-                metrics.update(fn(tmp, **params) or {})
+                metrics.update(fn(tmp, **params, **extra) or {})
             return store.ref(kind, key)
 
         run.__signature__ = public  # type: ignore[attr-defined]

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from smolforge.strict import Strict
 
 
-class _Strict(BaseModel):
-    # Same policy as smolforge.config.Strict; defined here because that module imports this one.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelShape(_Strict):
+class ModelShape(Strict):
     """The fully resolved architecture: every field set, nothing left to a preset."""
 
     hidden_size: int = Field(description="Width of the residual stream.")
@@ -83,7 +80,7 @@ PRESETS: dict[str, ModelShape] = {
 }
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """Which architecture to build: a preset shape, with any field overridden."""
 
     preset: Literal["tiny", "small", "smollm3-3b"] = Field(
@@ -137,7 +134,7 @@ class ModelConfig(_Strict):
         return self
 
 
-class MTPConfig(_Strict):
+class MTPConfig(Strict):
     """Multi-token prediction: extra heads trained to predict tokens further ahead (training only)."""
 
     heads: int = Field(
@@ -146,7 +143,7 @@ class MTPConfig(_Strict):
     weight: float = Field(0.3, ge=0, description="Weight of the averaged auxiliary loss added to the next-token loss.")
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(Strict):
     """AdamW as SmolLM3 trained, or Muon for the hidden weight matrices with AdamW for the rest."""
 
     name: Literal["adamw", "muon"] = Field(

@@ -25,6 +25,11 @@ from smolforge.tasks.curate.pack import open_split
 pytestmark = pytest.mark.slow
 
 
+def tiny(*overrides: str):
+    """The tiny preset without pretraining: these tests are about curation (test_pretrain_flow trains)."""
+    return load_config("tiny", overrides=["pretrain=null", *overrides])
+
+
 def manifests(store: ArtifactStore) -> dict[tuple[str, str], float]:
     """(kind, key) -> manifest mtime: a recomputed artifact gets a new manifest."""
     return {(p.parent.parent.name, p.parent.name): p.stat().st_mtime for p in store.root.glob("*/*/manifest.json")}
@@ -32,7 +37,7 @@ def manifests(store: ArtifactStore) -> dict[tuple[str, str], float]:
 
 @pytest.fixture(scope="module")
 def first_run(session_home, sample_corpus):
-    return pipeline(load_config("tiny"))
+    return pipeline(tiny())
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +111,14 @@ def test_mlflow_has_parent_and_child_runs_with_metrics_artifacts_datasets(first_
 
 def test_rerun_with_nothing_changed_does_no_work(first_run, store):
     before = manifests(store)
-    again = pipeline(load_config("tiny"))
+    again = pipeline(tiny())
     assert again["curate"]["corpus"] == first_run["curate"]["corpus"]
     assert manifests(store) == before
 
 
 def test_one_changed_threshold_reruns_that_step_and_what_follows(first_run, store):
     before = manifests(store)
-    changed = pipeline(load_config("tiny", overrides=["curate.quality.fineweb.line_punct_thr=0.2"]))
+    changed = pipeline(tiny(*["curate.quality.fineweb.line_punct_thr=0.2"]))
     after = manifests(store)
     new_kinds = {kind for kind, _ in set(after) - set(before)}
     assert "extracted" not in new_kinds and "language" not in new_kinds
@@ -129,7 +134,7 @@ def test_deleted_or_corrupted_artifact_is_recomputed(first_run, store):
     tokenizer = Path(report["tokenizer"])
     (tokenizer / "tokenizer.json").write_text("{}")
     before = manifests(store)
-    again = pipeline(load_config("tiny"))
+    again = pipeline(tiny())
     after = manifests(store)
     assert (language / "manifest.json").exists() and store.problem("tokenizer", tokenizer.name) is None
     recomputed = {k for k in after if k not in before or after[k] != before[k]}
@@ -140,7 +145,7 @@ def test_deleted_or_corrupted_artifact_is_recomputed(first_run, store):
 def test_glob_matching_nothing_fails_before_any_work(session_home, sample_corpus, store):
     before = manifests(store)
     with pytest.raises(ConfigError, match=r"source 'web': path 'nothing/\*\.html' matched no files"):
-        pipeline(load_config("tiny", overrides=["curate.sources.0.path=nothing/*.html"]))
+        pipeline(tiny(*["curate.sources.0.path=nothing/*.html"]))
     assert manifests(store) == before
 
 
@@ -153,7 +158,7 @@ def test_later_run_deduplicates_against_an_earlier_corpus(first_run, session_hom
         "curate.sources=[{name: books, kind: text, path: 'text/*.txt', language: en}]",
         "curate.quality.gopher_quality=null",
     ]
-    result = pipeline(load_config("tiny", overrides=overrides))
+    result = pipeline(tiny(*overrides))
     drops = result["curate"]["drops"]["dedup"]
     assert drops["duplicate_of_index"] >= 4
     kept = next(r for r in result["curate"]["funnel"] if r["step"] == "dedup")["docs_out"]
@@ -162,7 +167,7 @@ def test_later_run_deduplicates_against_an_earlier_corpus(first_run, session_hom
 
 def test_unknown_index_is_a_config_error(session_home, sample_corpus):
     with pytest.raises(ConfigError, match="curate.dedup.against: 'nope'"):
-        pipeline(load_config("tiny", overrides=["curate.dedup.against=[nope]"]))
+        pipeline(tiny(*["curate.dedup.against=[nope]"]))
 
 
 def _free_port() -> int:

@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from smolforge.config import Strict
+from smolforge.strict import Strict
 
 
 class StageConfig(Strict):
