@@ -100,8 +100,12 @@ def pipeline_config(corpus: Path, workers: int, kinds: set[str] | None = None, e
 
 
 def _tree_cpu_seconds() -> float:
-    """CPU time of this process and its live children (Prefect's server, the worker pool)."""
-    import psutil
+    """CPU time of this process and its live children (Prefect's server, the worker pool); NaN
+    without psutil (a dependency of pymupdf, so normally installed)."""
+    try:
+        import psutil
+    except ImportError:
+        return float("nan")
 
     me = psutil.Process()
     total = sum(me.cpu_times()[:2])
@@ -260,7 +264,8 @@ def machine() -> str:
         )
     except OSError:
         pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores{f' ({model})' if model else ''}, Python {platform.python_version()}"
+    cpu = f" ({model})" if model else ""
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores{cpu}, Python {platform.python_version()}"
 
 
 def versions() -> str:
@@ -312,7 +317,8 @@ def report(results: dict[str, Any]) -> None:
     cpu_ratio = _median([r["cpu"] for r in dt]) / _median([r["cpu"] for r in sf])
     console.print(
         f"smolforge/datatrove throughput: [bold]{ratio:.2f}[/] (ratio of medians); per repeat "
-        f"{', '.join(f'{p:.2f}' for p in paired)} (median {_median(paired):.2f}); fastest runs {min(dt_t) / min(sf_t):.2f}. Above 1 = smolforge faster.\n"
+        f"{', '.join(f'{p:.2f}' for p in paired)} (median {_median(paired):.2f}); "
+        f"fastest runs {min(dt_t) / min(sf_t):.2f}. Above 1 = smolforge faster.\n"
         f"CPU seconds datatrove/smolforge: {cpu_ratio:.2f} (less sensitive to the machine's noise than wall time)."
     )
     console.print(
@@ -333,7 +339,10 @@ def report(results: dict[str, Any]) -> None:
         funnel.add_row(step, str(sf[0]["funnel"][step]), str(dtf[step]))
     console.print(funnel)
     a, b = set(sf[0]["kept_ids"]), set(dt[0]["kept_ids"])
-    console.print(f"kept by both: {len(a & b)}; only smolforge: {len(a - b)} {sorted(a - b)[:5]}; only datatrove: {len(b - a)} {sorted(b - a)[:5]}")
+    console.print(
+        f"kept by both: {len(a & b)}; only smolforge: {len(a - b)} {sorted(a - b)[:5]}; "
+        f"only datatrove: {len(b - a)} {sorted(b - a)[:5]}"
+    )
 
     first = [r["seconds"] for r in sf]
     second = [r["rerun_seconds"] for r in sf]
@@ -456,7 +465,11 @@ def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         machine=machine(),
         versions=versions(),
     )
-    timeouts = sum(row.get("timeout", 0) + row.get("clean_error", 0) for r in results["datatrove"] for row in r["counts"]["filter+signatures"])
+    timeouts = sum(
+        row.get("timeout", 0) + row.get("clean_error", 0)
+        for r in results["datatrove"]
+        for row in r["counts"]["filter+signatures"]
+    )
     if timeouts:
         log(f"WARNING: datatrove's Trafilatura timed out or failed on {timeouts} pages over all repeats")
     kept_sf, kept_dt = len(sf0["kept_ids"]), dt0["kept"]

@@ -345,7 +345,14 @@ def run(corpus: Path, work: Path, workers: int, tasks: int, settings: dict) -> d
     timings["total"] = round(time.perf_counter() - started, 3)
     sampler.__exit__(None, None, None)
     kept = _ids(work / "curated")
-    return {"timings": timings, "cpu": round(sampler.seconds, 2), "counts": counts, "kept": len(kept), "kept_ids": kept, "after_pii": len(_ids(work / "filtered"))}
+    return {
+        "timings": timings,
+        "cpu": round(sampler.seconds, 2),
+        "counts": counts,
+        "kept": len(kept),
+        "kept_ids": kept,
+        "after_pii": len(_ids(work / "filtered")),
+    }
 
 
 class CpuSampler:
@@ -361,7 +368,10 @@ class CpuSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
-        import psutil
+        try:
+            import psutil
+        except ImportError:  # a dependency of pymupdf, so normally there; CPU is then reported as 0
+            return
 
         me = psutil.Process()
         for proc in [me, *me.children(recursive=True)]:
