@@ -29,6 +29,7 @@ from smolforge.models.optim import AttentionLogitTracker, qk_clip
 from smolforge.tasks.train import checkpoint as ckpt
 from smolforge.tasks.train.config import PretrainConfig
 from smolforge.tasks.train.data import IGNORE_INDEX, Batch, StagePlan, step_batches
+from smolforge.tasks.train.distributed import SINGLE, World, barrier, local_rows, sum_gradients, sum_scalar
 from smolforge.tasks.train.schedule import StageSchedule
 
 
@@ -56,6 +57,7 @@ class StageRun:
     peak_flops: float = 0.0
     autocast_dtype: torch.dtype | None = None
     log: Logger = lambda metrics, step: None  # noqa: E731
+    world: World = SINGLE  # data-parallel processes (torchrun); rank 0 logs and writes checkpoints
     # fault injection for tests: (data step, loss) -> loss
     perturb_loss: Callable[[int, torch.Tensor], torch.Tensor] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -134,11 +136,12 @@ def _instability(loss: float, grad_norm: float, state: ckpt.TrainState, config: 
     return None
 
 
-def _save(run: StageRun, state: ckpt.TrainState, good: bool = True) -> Path:
-    path = ckpt.save(run.checkpoints, state, run.model, run.optimizer, run.mtp, keep=run.config.checkpoint.keep)
-    if good:
+def _save(run: StageRun, state: ckpt.TrainState) -> None:
+    """Rank 0 writes (every rank holds the same weights); the others wait until it is on disk."""
+    if run.world.is_main:
+        path = ckpt.save(run.checkpoints, state, run.model, run.optimizer, run.mtp, keep=run.config.checkpoint.keep)
         ckpt.mark_good(path)
-    return path
+    barrier(run.world)
 
 
 def _rollback(run: StageRun, state: ckpt.TrainState, reason: str, loss: float, grad_norm: float) -> ckpt.TrainState:
@@ -165,7 +168,9 @@ def _rollback(run: StageRun, state: ckpt.TrainState, reason: str, loss: float, g
     if good is None:
         raise DivergenceError(f"stage {state.stage!r}: {reason} at step {state.step} and no good checkpoint to return to")
     restored = ckpt.load(good, run.model, run.optimizer, run.mtp)
-    ckpt.remove_after(run.checkpoints, restored.step)
+    barrier(run.world)  # every rank has read the checkpoint before rank 0 prunes newer ones
+    if run.world.is_main:
+        ckpt.remove_after(run.checkpoints, restored.step)
     run.optimizer.zero_grad(set_to_none=True)
     new_state = replace(
         restored,
@@ -173,7 +178,8 @@ def _rollback(run: StageRun, state: ckpt.TrainState, reason: str, loss: float, g
         rollbacks=state.rollbacks + 1,
         lr_scale=state.lr_scale * stab.lr_backoff,
     )
-    run.log({"instability_event": 1.0, "lr_scale": new_state.lr_scale, "rollback_to_step": float(restored.step)}, state.step)
+    if run.world.is_main:
+        run.log({"instability_event": 1.0, "lr_scale": new_state.lr_scale, "rollback_to_step": float(restored.step)}, state.step)
     return new_state
 
 
@@ -197,16 +203,19 @@ def train_stage(run: StageRun, plan: StagePlan, state: ckpt.TrainState) -> ckpt.
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * lr_mult
             micro = step_batches(plan, state.data_step, config.seed)
-            n_targets = max(1, sum(b.n_targets for b in micro))
+            n_targets = max(1, sum(b.n_targets for b in micro))  # over the global batch
             if tracker:
                 tracker.reset()
             loss_value = 0.0
             for batch in micro:
-                loss = _forward_loss(run, batch.to(run.device), n_targets)
+                loss = _forward_loss(run, local_rows(batch, run.world).to(run.device), n_targets)
                 if run.perturb_loss is not None:
                     loss = run.perturb_loss(state.data_step, loss)
                 loss.backward()
                 loss_value += loss.item()
+            # each rank's loss is its rows' share of the global mean: summing gives the step's loss
+            loss_value = sum_scalar(loss_value, run.world)
+            sum_gradients(params, run.world)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             problem = _instability(loss_value, grad_norm, state, config)
             if problem:
@@ -220,12 +229,12 @@ def train_stage(run: StageRun, plan: StagePlan, state: ckpt.TrainState) -> ckpt.
             beta = 1.0 / config.stability.spike_window
             state.running_loss = loss_value if state.running_loss is None else (1 - beta) * state.running_loss + beta * loss_value
             state.running_loss_steps += 1
-            step_tokens = sum(b.input_ids.numel() for b in micro)
+            step_tokens = sum(b.input_ids.numel() for b in micro)  # the global batch
             state.tokens += step_tokens
             window_tokens += step_tokens
             state.step, state.stage_step, state.data_step = state.step + 1, state.stage_step + 1, state.data_step + 1
             last = state.stage_step == plan.steps
-            if state.stage_step % config.log_every == 0 or last:
+            if run.world.is_main and (state.stage_step % config.log_every == 0 or last):
                 elapsed = time.perf_counter() - window_started
                 tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
                 metrics["tokens_per_s"] = tokens_per_s
@@ -234,7 +243,7 @@ def train_stage(run: StageRun, plan: StagePlan, state: ckpt.TrainState) -> ckpt.
                 metrics["tokens"] = float(state.tokens)
                 run.log(metrics, state.step)
                 window_started, window_tokens = time.perf_counter(), 0
-            if run.val and (state.stage_step % config.eval_every == 0 or last):
+            if run.world.is_main and run.val and (state.stage_step % config.eval_every == 0 or last):
                 run.log(evaluate(run), state.step)
             if state.stage_step % config.checkpoint.every_steps == 0 or last:
                 _save(run, state)
