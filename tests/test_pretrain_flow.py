@@ -87,3 +87,23 @@ def test_budget_beyond_the_data_is_refused_before_training(trained, session_home
     with pytest.raises(ConfigError, match=r"would read source '\w+' .* more than max_epochs"):
         pipeline(load_config("tiny", overrides=["pretrain.stages.0.steps=5000"]))
     assert {p.name for p in store.root.glob("pretrained/*")} == before
+
+
+SHORT = [
+    "pretrain.stages.0.steps=12", "pretrain.stages.1.steps=4", "pretrain.stages.2.steps=4",
+    "pretrain.eval_every=4", "pretrain.checkpoint.every_steps=4", "pretrain.schedule.warmup_steps=4",
+]
+
+
+@pytest.mark.parametrize(
+    "variant, expected",
+    [(["pretrain.optimizer.name=muon"], {"optimizer.name": "muon", "mtp.heads": "1"}),
+     (["pretrain.mtp.heads=0"], {"optimizer.name": "adamw", "mtp.heads": "0"})],
+)
+def test_ablation_variants_run_from_config_and_log_comparable_runs(trained, variant, expected):
+    result = pipeline(load_config("tiny", overrides=SHORT + variant))
+    client = mlflow.MlflowClient()
+    last = client.get_run(result["pretrain"]["stages"][-1]["mlflow_run_id"])
+    assert {k: last.data.params[k] for k in expected} == expected
+    assert {"loss", "val_loss", "lr", "grad_norm"} <= set(last.data.metrics)
+    assert result["pretrain"]["stages"][-1]["val_loss"] < result["pretrain"]["stages"][0]["val_loss"] + 0.5
