@@ -53,6 +53,15 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's contents to disk (a folder: its entries, i.e. renames)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def code_version(*files: str | Path) -> str:
     """Hash of source files: editing a step's code changes its artifacts' keys."""
     digest = hashlib.blake2b(digest_size=8)

@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from smolforge.models.config import ModelConfig, MTPConfig, OptimizerConfig
-from smolforge.strict import Strict
+from smolforge.strict import Strict, require_unique
 from smolforge.tasks.train.config import PretrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -151,10 +151,7 @@ class CurateConfig(Strict):
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
-        names = [s.name for s in sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
+        require_unique([s.name for s in sources], "source names")
         return sources
 
 

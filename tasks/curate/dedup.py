@@ -70,6 +70,8 @@ from datatrove.utils.hashing import HashConfig, create_hash_func
 from datatrove.utils.text import TextNormConfig, ngrams, simplify_text
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, load_word_tokenizer, strip_strings
 
+from smolforge.artifacts import fsync_path
+
 from .documents import Doc, StepResult
 
 STEP = "dedup"
@@ -336,12 +338,6 @@ def _unpack_strings(blob: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.array([raw[s:e].decode("utf-8") for s, e in zip(starts, ends)], dtype=str)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_signatures(sig: dict, path: str | Path) -> Path:
@@ -642,8 +638,8 @@ class DedupIndex:
                 "docs": len(self),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            _fsync(tmp / "meta.json")
-            _fsync(tmp)
+            fsync_path(tmp / "meta.json")
+            fsync_path(tmp)
             if folder.exists():
                 os.rename(folder, old)
                 try:
@@ -654,7 +650,7 @@ class DedupIndex:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, folder)
-            _fsync(folder.parent)
+            fsync_path(folder.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder

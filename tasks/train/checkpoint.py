@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from smolforge.artifacts import fsync_path
+
 MODEL = "model.safetensors"
 EXTRA = "extra.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -89,13 +91,6 @@ class TrainState:
 # --- files and folders -----------------------------------------------------------------------------
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's contents to disk (a folder: its entries, i.e. renames)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: Path) -> None:
@@ -153,9 +148,9 @@ def mark_good(path: str | Path, **info: Any) -> None:
         raise FileNotFoundError(f"{path} is not a complete checkpoint")
     tmp = path / f".{GOOD}.{uuid.uuid4().hex[:8]}"
     tmp.write_text(json.dumps({"time": time.time(), **info}, default=str) + "\n", encoding="utf-8")
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path / GOOD)
-    _fsync(path)
+    fsync_path(path)
 
 
 def read_state(path: str | Path) -> TrainState:
@@ -286,13 +281,13 @@ def save(
         torch.save(rng_state(), tmp / RNG)
         (tmp / STATE).write_text(json.dumps(state.to_dict(), indent=2) + "\n", encoding="utf-8")
         for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
+            fsync_path(f)
+        fsync_path(tmp)
         if final.exists():
             # Briefly no checkpoint of this step is visible; `latest` then sees the previous one.
             _remove(final)
         os.rename(tmp, final)
-        _fsync(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from smolforge.strict import Strict
+from smolforge.strict import Strict, require_unique
 
 
 class StageConfig(Strict):
@@ -196,10 +196,7 @@ class PretrainConfig(Strict):
     @field_validator("stages")
     @classmethod
     def _unique_stage_names(cls, stages: list[StageConfig]) -> list[StageConfig]:
-        names = [s.name for s in stages]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"stage names must be unique, repeated: {', '.join(dupes)}")
+        require_unique([s.name for s in stages], "stage names")
         return stages
 
     @property
