@@ -116,11 +116,12 @@ def print_pretraining(pretrained: dict) -> None:
 
 def _where_to_look(run_id: str, experiment: str, curated: dict) -> None:
     from smolforge import tracking
+    from smolforge.environment import mlflow_tracking_uri, project_home
 
     corpus = curated["corpus"]
     console.print(f"corpus      {corpus['uri']}")
     console.print(f"MLflow run  {run_id}  {tracking.run_url(run_id, experiment)}")
-    console.print(f"            tracking store {tracking._mlflow().get_tracking_uri()}")
+    console.print(f"            tracking store {mlflow_tracking_uri(project_home())}")
     console.print("Prefect     `smolforge ui` shows this flow run and its task runs")
     console.print(f"took        {curated['seconds']} s in the curate flow")
 

@@ -8,17 +8,16 @@ the experiment's artifacts go to `<project>/mlartifacts`, beside the database.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
-from smolforge.environment import project_home
+from smolforge.environment import mlflow_tracking_uri, project_home
 
 
 def _mlflow():
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_home() / 'mlflow.db'}")
+    mlflow.set_tracking_uri(mlflow_tracking_uri(project_home()))
     return mlflow
 
 
