@@ -43,6 +43,9 @@ def configure(home: Path | None = None) -> Path:
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     # Telemetry and update checks would try the network, which a closed machine refuses noisily.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary server needs 10-15 s to start on a fresh database on 2 busy cores; Prefect's
+    # default 20 s limit then fails runs for no reason of their own.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_tracking_uri(home))
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
