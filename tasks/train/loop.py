@@ -13,6 +13,7 @@ the checkpoint, so a killed stage resumes and reaches the weights an uninterrupt
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -66,7 +67,7 @@ class StageRun:
 def _forward_loss(run: StageRun, batch: Batch, n_targets: int) -> torch.Tensor:
     """Next-token loss (plus the weighted MTP loss) of one micro-batch, normalised by the targets
     of the whole step so accumulated micro-batches add up to the step's mean loss."""
-    autocast = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else _nullcontext()
+    autocast = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else contextlib.nullcontext()
     with autocast:
         out = run.model(
             input_ids=batch.input_ids,
@@ -87,14 +88,6 @@ def _packed(run: StageRun, batch: Batch) -> dict[str, Any]:
     implementation needs (eager adds the mask, so it must be a float mask there)."""
     dtype = run.autocast_dtype or next(run.model.parameters()).dtype
     return packed_attention_inputs(batch.doc_ids, run.model.config._attn_implementation, dtype)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @torch.no_grad()
