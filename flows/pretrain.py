@@ -8,52 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow
 
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef, stable_hash
 from smolforge.config import ConfigError, PipelineConfig
 from smolforge.environment import project_home
 from smolforge.flows.curate import runtime_for
-
-
-@task(name="register-model")
-def register_model(
-    final: ArtifactRef, corpus: ArtifactRef, name: str, config_key: str, experiment: str, parent_run_id: str | None
-) -> dict[str, Any]:
-    """Log the final model with MLflow's transformers flavor and register it with alias `candidate`.
-    A version already registered from this very artifact is reused, so a cached re-run adds none."""
-    import mlflow
-    import tokenizers
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM
-
-    from smolforge.tasks.curate.tokenizer import load_tokenizer
-
-    client = mlflow.MlflowClient()
-    existing = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("smolforge.artifact_key") == final.key]
-    if existing:
-        version = existing[0]
-    else:
-        model = AutoModelForCausalLM.from_pretrained(final.path / "model")
-        tokenizer = load_tokenizer(str(final.path / "model"))
-        with tracking.run("register", experiment, parent_run_id, tags={"smolforge.artifact_key": final.key}):
-            info = mlflow.transformers.log_model(
-                transformers_model={"model": model, "tokenizer": tokenizer},
-                name="model",
-                task="text-generation",
-                # inferring requirements imports every optional extra (torchvision among them); name ours
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    f"transformers=={transformers.__version__}",
-                    f"tokenizers=={tokenizers.__version__}",
-                ],
-            )
-        tags = {"smolforge.artifact_key": final.key, "smolforge.corpus_key": corpus.key, "smolforge.config_key": config_key}
-        version = mlflow.register_model(info.model_uri, name, tags=tags)
-    client.set_registered_model_alias(name, "candidate", version.version)
-    return {"name": name, "version": str(version.version), "uri": f"models:/{name}@candidate"}
+from smolforge.registry import register_model
 
 
 @flow(name="pretrain", log_prints=True)
@@ -78,7 +40,6 @@ def pretrain(config: PipelineConfig, corpus: ArtifactRef, parent_run_id: str | N
         for i, stage in enumerate(stages):
             previous = pretrain_stage(corpus, previous, i, stage["config"], stage["rates"], stage["start"], runtime)
             results.append(previous.manifest()["metrics"])
-        registered = register_model(
-            previous, corpus, cfg.register_as, stable_hash(cfg.model_dump(mode="json")), runtime.experiment, run.info.run_id
-        )
+        lineage = {"smolforge.corpus_key": corpus.key, "smolforge.config_key": stable_hash(cfg.model_dump(mode="json"))}
+        registered = register_model(previous, cfg.register_as, lineage, runtime.experiment, run.info.run_id)
     return {"model": previous.model_dump(), "stages": results, "registered": registered, "mlflow_run_id": run.info.run_id}

@@ -58,6 +58,8 @@ class StageRun:
     peak_flops: float = 0.0
     autocast_dtype: torch.dtype | None = None
     log: Logger = lambda metrics, step: None  # noqa: E731
+    # called with (global step, val_loss) after each evaluation; a sweep's pruner raises from here
+    on_eval: Callable[[int, float], None] | None = None
     world: World = SINGLE  # data-parallel processes (torchrun); rank 0 logs and writes checkpoints
     # fault injection for tests: (data step, loss) -> loss
     perturb_loss: Callable[[int, torch.Tensor], torch.Tensor] | None = None
@@ -237,7 +239,10 @@ def train_stage(run: StageRun, plan: StagePlan, state: ckpt.TrainState) -> ckpt.
                 run.log(metrics, state.step)
                 window_started, window_tokens = time.perf_counter(), 0
             if run.world.is_main and run.val and (state.stage_step % config.eval_every == 0 or last):
-                run.log(evaluate(run), state.step)
+                scores = evaluate(run)
+                run.log(scores, state.step)
+                if run.on_eval is not None and "val_loss" in scores:
+                    run.on_eval(state.step, scores["val_loss"])
             if state.stage_step % config.checkpoint.every_steps == 0 or last:
                 _save(run, state)
     finally:
