@@ -78,6 +78,26 @@ class MTPHeads(nn.Module):
         return [lm_head(head(hidden_states)) for head in self.heads]
 
 
+def _valid_targets(labels: torch.Tensor, d: int, seg: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
+    """Where the head at offset d has a target: inside the sequence, not ignored, same document."""
+    valid = labels[:, d:] != ignore_index
+    if seg is not None:
+        valid &= seg[:, d:] == seg[:, :-d]
+    return valid
+
+
+def mtp_target_counts(
+    heads: MTPHeads, labels: torch.Tensor, doc_ids: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX
+) -> dict[int, int]:
+    """Targets per offset in a batch. Summed over all the micro-batches (and all the processes'
+    rows) of an optimizer step, these are the denominators that make `mtp_loss` of each part add
+    up exactly to the loss of the whole step."""
+    seg = document_segments(doc_ids) if doc_ids is not None else None
+    return {
+        d: int(_valid_targets(labels, d, seg, ignore_index).sum()) if labels.shape[1] > d else 0 for d in heads.offsets
+    }
+
+
 def mtp_losses(
     heads: MTPHeads,
     hidden_states: torch.Tensor,
@@ -86,14 +106,16 @@ def mtp_losses(
     lm_head: nn.Module,
     doc_ids: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    denominators: dict[int, int] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Mean cross-entropy of each head, keyed by its offset; heads with no valid target are left out.
+    """Cross-entropy of each head, keyed by its offset; heads with no valid target are left out.
 
     `labels` follow transformers' convention: aligned with the input ids (not shifted), with
     `ignore_index` where no loss is wanted; the input ids themselves work for pretraining. The head
     at offset d reads position t and is scored against labels[t + d]. A target is skipped when
     t + d falls past the end of the sequence or in another document than t (under document masking
-    position t cannot know anything about the next document).
+    position t cannot know anything about the next document). Each head's loss is the mean over
+    this batch's targets, or the sum divided by `denominators[d]` (the targets of a whole step).
     """
     if hidden_states.shape[:2] != labels.shape:
         raise ValueError(f"hidden_states {tuple(hidden_states.shape)} and labels {tuple(labels.shape)} do not align")
@@ -103,16 +125,16 @@ def mtp_losses(
     for head, d in zip(heads.heads, heads.offsets, strict=True):
         if seq_len <= d:
             continue
-        targets = labels[:, d:]
-        valid = targets != ignore_index
-        if seg is not None:
-            valid &= seg[:, d:] == seg[:, :-d]
+        valid = _valid_targets(labels, d, seg, ignore_index)
         if not valid.any():
             continue
         # Only the positions that have a target go through the vocabulary projection (the
         # expensive part); the others are never computed.
         logits = lm_head(head(hidden_states[:, :-d][valid]))
-        out[d] = F.cross_entropy(logits.float(), targets[valid])
+        if denominators is None:
+            out[d] = F.cross_entropy(logits.float(), labels[:, d:][valid])
+        else:
+            out[d] = F.cross_entropy(logits.float(), labels[:, d:][valid], reduction="sum") / denominators[d]
     return out
 
 
@@ -124,12 +146,19 @@ def mtp_loss(
     lm_head: nn.Module,
     doc_ids: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    denominators: dict[int, int] | None = None,
 ) -> torch.Tensor:
     """Average over offsets of `mtp_losses`; a zero scalar when there are no heads (a no-op to add).
+    With `denominators`, the average runs over the offsets that have targets anywhere in the step,
+    so the parts of a step add up to the step's loss.
 
     Unweighted: the trainer adds `heads.weight * mtp_loss(...)` to the next-token loss.
     """
-    losses = mtp_losses(heads, hidden_states, labels, lm_head=lm_head, doc_ids=doc_ids, ignore_index=ignore_index)
+    losses = mtp_losses(
+        heads, hidden_states, labels, lm_head=lm_head, doc_ids=doc_ids, ignore_index=ignore_index, denominators=denominators
+    )
     if not losses:
         return torch.zeros((), device=hidden_states.device, dtype=torch.float32)
-    return torch.stack(list(losses.values())).mean()
+    if denominators is None:
+        return torch.stack(list(losses.values())).mean()
+    return torch.stack(list(losses.values())).sum() / sum(1 for n in denominators.values() if n)

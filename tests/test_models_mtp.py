@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from smolforge.models.architecture import build_model
 from smolforge.models.config import ModelConfig, MTPConfig
 from smolforge.models.masking import packed_attention_inputs
-from smolforge.models.mtp import MTPHeads, mtp_loss, mtp_losses
+from smolforge.models.mtp import MTPHeads, mtp_loss, mtp_losses, mtp_target_counts
 
 VOCAB = 61
 IDS = {"bos_id": 0, "eos_id": 1, "pad_id": 2}
@@ -88,3 +88,21 @@ def test_toy_overfit_lowers_the_mtp_loss():
         opt.zero_grad()
         losses.append(extra.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_parts_of_a_step_add_up_to_the_loss_of_the_whole_step():
+    """Split into row groups (micro-batches or processes) with the step's denominators, the MTP
+    losses of the parts sum exactly to the loss of the whole batch."""
+    model, heads = model_and_heads(2)
+    lm_head = model.get_output_embeddings()
+    torch.manual_seed(0)
+    h, labels = torch.randn(4, 12, 32), torch.randint(5, VOCAB, (4, 12))
+    labels[0, :5] = -100
+    doc = torch.tensor([[0] * 12, [0] * 3 + [1] * 9, [0] * 6 + [1] * 6, [0] * 11 + [1]])
+    whole = mtp_loss(heads, h, labels, lm_head=lm_head, doc_ids=doc)
+    counts = mtp_target_counts(heads, labels, doc)
+    parts = sum(
+        mtp_loss(heads, h[rows], labels[rows], lm_head=lm_head, doc_ids=doc[rows], denominators=counts)
+        for rows in (slice(0, 1), slice(1, 4))
+    )
+    torch.testing.assert_close(parts, whole)

@@ -189,6 +189,14 @@ class PretrainConfig(Strict):
     log_every: int = Field(5, ge=1, description="Log training metrics every this many optimizer steps.")
     seed: int = Field(0, ge=0, description="Seeds initialisation, dropout and the data order.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, else mps, else cpu.")
+    nproc: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Data-parallel processes on this node, started with torchrun (one per GPU; gloo on CPU). "
+            "1 trains in the task's own process. The global batch stays batch_size * grad_accum."
+        ),
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Compute dtype; auto: bfloat16 where the device supports it well (cuda), else float32."
     )

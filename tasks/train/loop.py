@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from smolforge.models.masking import packed_attention_inputs
-from smolforge.models.mtp import MTPHeads, mtp_loss
+from smolforge.models.mtp import MTPHeads, mtp_loss, mtp_target_counts
 from smolforge.models.optim import AttentionLogitTracker, qk_clip
 from smolforge.tasks.train import checkpoint as ckpt
 from smolforge.tasks.train.config import PretrainConfig
@@ -66,9 +66,9 @@ class StageRun:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _forward_loss(run: StageRun, batch: Batch, n_targets: int) -> torch.Tensor:
+def _forward_loss(run: StageRun, batch: Batch, n_targets: int, mtp_targets: dict[int, int] | None) -> torch.Tensor:
     """Next-token loss (plus the weighted MTP loss) of one micro-batch, normalised by the targets
-    of the whole step so accumulated micro-batches add up to the step's mean loss."""
+    of the whole step, so the micro-batches and the processes' rows add up to the step's mean loss."""
     autocast = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else contextlib.nullcontext()
     with autocast:
         out = run.model(
@@ -80,9 +80,20 @@ def _forward_loss(run: StageRun, batch: Batch, n_targets: int) -> torch.Tensor:
         loss = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
         loss = loss / n_targets
         if run.mtp is not None and len(run.mtp.heads) > 0:
-            aux = mtp_loss(run.mtp, out.hidden_states[-1], batch.labels, lm_head=run.model.lm_head, doc_ids=batch.doc_ids)
-            loss = loss + run.mtp.weight * aux * (batch.n_targets / n_targets)
+            aux = mtp_loss(
+                run.mtp, out.hidden_states[-1], batch.labels, lm_head=run.model.lm_head, doc_ids=batch.doc_ids,
+                denominators=mtp_targets,
+            )
+            loss = loss + run.mtp.weight * aux
     return loss
+
+
+def _mtp_targets(mtp: MTPHeads | None, micro: list[Batch]) -> dict[int, int] | None:
+    """MTP targets per offset over the global batch (every micro-batch, every process's rows)."""
+    if mtp is None or not mtp.heads:
+        return None
+    counts = [mtp_target_counts(mtp, b.labels, b.doc_ids) for b in micro]
+    return {d: sum(c[d] for c in counts) for d in mtp.offsets}
 
 
 def _packed(run: StageRun, batch: Batch) -> dict[str, Any]:
@@ -199,11 +210,12 @@ def train_stage(run: StageRun, plan: StagePlan, state: ckpt.TrainState) -> ckpt.
                 group["lr"] = group["initial_lr"] * lr_mult
             micro = step_batches(plan, state.data_step, config.seed)
             n_targets = max(1, sum(b.n_targets for b in micro))  # over the global batch
+            mtp_targets = _mtp_targets(run.mtp, micro)
             if tracker:
                 tracker.reset()
             loss_value = 0.0
             for batch in micro:
-                loss = _forward_loss(run, local_rows(batch, run.world).to(run.device), n_targets)
+                loss = _forward_loss(run, local_rows(batch, run.world).to(run.device), n_targets, mtp_targets)
                 if run.perturb_loss is not None:
                     loss = run.perturb_loss(state.data_step, loss)
                 loss.backward()

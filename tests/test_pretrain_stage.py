@@ -1,0 +1,123 @@
+"""The pretraining task's stage runner: a stage killed mid-way resumes from its work folder and
+reaches the weights of an uninterrupted run, and `nproc: 2` trains through torchrun to the same
+result as one process, with rank 0 logging to the stage's MLflow run."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_fixtures import build_corpus
+
+from smolforge.config import PretrainSection
+from smolforge.tasks.curate.pack import read_meta
+from smolforge.tasks.train.data import CorpusSources
+from smolforge.tasks.train.prefect_tasks import stage_inputs
+from smolforge.tasks.train.stage import StageSpec, launch, run_stage
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The micro corpus with the `corpus.json` record a curated corpus has."""
+    root = tmp_path_factory.mktemp("micro-corpus")
+    build_corpus(root)
+    record = {"sources": {n: {**read_meta(root / n), "uri": str(root / n)} for n in ("a", "b")}, "tokenizer": str(root / "tok")}
+    (root / "corpus.json").write_text(json.dumps(record))
+    return root
+
+
+def section(**over) -> PretrainSection:
+    settings = dict(
+        model={"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64, "max_seq_len": 64},
+        optimizer={"lr": 1e-2},
+        mtp={"heads": 1},
+        stages=[{"name": "one", "steps": 20, "mixture": {"a": 1, "b": 1}, "seq_len": 32}],
+        batch_size=4,
+        schedule={"warmup_steps": 4, "decay_fraction": 0.3},
+        checkpoint={"every_steps": 5, "keep": 2},
+        eval_every=10,
+        eval_batches=1,
+        log_every=5,
+        sample_prompts=["the river"],
+    )
+    return PretrainSection(**{**settings, **over})
+
+
+def spec_for(corpus: Path, cfg: PretrainSection, root: Path, run_id: str | None = None) -> StageSpec:
+    stage = stage_inputs(cfg, CorpusSources.from_corpus_json(corpus))[0]
+    (root / "out").mkdir(parents=True)
+    (root / "work").mkdir()
+    return StageSpec(
+        out=root / "out", workdir=root / "work", corpus=corpus, previous=None, stage_index=0,
+        config=stage["config"], rates=stage["rates"], start=stage["start"], run_id=run_id,
+    )
+
+
+def weights(spec: StageSpec) -> dict[str, torch.Tensor]:
+    return load_file(spec.out / "model" / "model.safetensors")
+
+
+def test_a_stage_killed_mid_way_resumes_to_the_uninterrupted_weights(corpus, tmp_path):
+    cfg = section()
+    reference = spec_for(corpus, cfg, tmp_path / "reference")
+    run_stage(reference)
+
+    killed = spec_for(corpus, cfg, tmp_path / "killed")
+    # The process kills itself (SIGKILL: no cleanup runs) as it is about to write step 15's
+    # checkpoint, so steps 11-15 are lost and must be trained again from step 10's.
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from smolforge.tasks.train import loop
+        from smolforge.tasks.train.stage import StageSpec, run_stage
+        real_save = loop._save
+        def save_or_die(run, state):
+            if state.step == 15:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_save(run, state)
+        loop._save = save_or_die
+        run_stage(StageSpec.model_validate_json({killed.model_dump_json()!r}))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert not (killed.out / "model").exists()
+    assert sorted(p.name for p in (killed.workdir / "checkpoints").iterdir() if p.name.startswith("step"))[-1].endswith("10")
+
+    result = run_stage(killed)  # the task running again: same work folder
+    assert result["steps"] == 20
+    for name, value in weights(reference).items():
+        torch.testing.assert_close(weights(killed)[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_nproc_two_trains_through_torchrun_like_one_process(corpus, tmp_path):
+    cfg = section()
+    single = spec_for(corpus, cfg, tmp_path / "single")
+    one = run_stage(single)
+
+    with mlflow.start_run(run_name="ddp-stage") as active:
+        pass
+    cfg2 = section(nproc=2)
+    ddp = spec_for(corpus, cfg2, tmp_path / "ddp", run_id=active.info.run_id)
+    two = launch(ddp, 2)
+    assert two["processes"] == 2 and two["steps"] == one["steps"] == 20
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
+    for name, value in weights(single).items():
+        torch.testing.assert_close(weights(ddp)[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    run = mlflow.MlflowClient().get_run(active.info.run_id)
+    assert run.data.params["processes"] == "2"
+    assert {"loss", "val_loss", "tokens_per_s"} <= set(run.data.metrics)
+
+
+def test_a_failing_torchrun_names_the_stage_and_shows_the_error(corpus, tmp_path):
+    spec = spec_for(corpus, section(nproc=2), tmp_path / "bad")
+    spec.corpus = tmp_path / "nowhere"
+    with pytest.raises(RuntimeError, match=r"torchrun with 2 processes failed .* stage 'one'(.|\n)*no corpus record"):
+        launch(spec, 2)
