@@ -15,6 +15,9 @@ Variants:
                     `log_every` (10) steps, as the task does
   bare/adamw        forward, loss, backward, clip, step, zero_grad on pre-built batches and masks
   bare/muon         the same with `optimizer.name: muon`
+  smolforge/compiled  `train_stage` with `compile: true` (torch.compile of forward + loss), logging
+                    to MLflow (with --compile)
+  trainer/compiled  `Trainer` with `torch_compile=True` (with --compile)
   trainer           transformers `Trainer` on a Dataset of the same input_ids / unshifted labels /
                     4-D masks / position ids, the same optimizer (constant LR), max_grad_norm 1.0
 
@@ -126,7 +129,7 @@ class Ctx:
         return path
 
 
-def run_smolforge(ctx: Ctx, log_to_mlflow: bool) -> dict:
+def run_smolforge(ctx: Ctx, log_to_mlflow: bool, compile_model: bool = False) -> dict:
     """`train_stage` for warmup + steps steps; the timer spans the log calls at step `warmup` and at
     the last step, so it covers exactly `steps` steps (with their `steps / log_every` log calls)."""
     import mlflow
@@ -150,7 +153,7 @@ def run_smolforge(ctx: Ctx, log_to_mlflow: bool) -> dict:
         sink(metrics, step)
 
     run = StageRun(
-        model=model, optimizer=optimizer, schedule=ctx.schedule, config=ctx.cfg,
+        model=model, optimizer=optimizer, schedule=ctx.schedule, config=ctx.cfg.model_copy(update={"compile": compile_model}),
         checkpoints=ctx.fresh_dir("ck"), device=torch.device("cpu"), flops_per_token=ctx.flops_per_token,
         peak_flops=ctx.peak, log=log,
     )
@@ -216,7 +219,7 @@ class _Packed(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def run_trainer(ctx: Ctx) -> dict:
+def run_trainer(ctx: Ctx, compile_model: bool = False) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     stamps: dict[int, float] = {}
@@ -242,6 +245,7 @@ def run_trainer(ctx: Ctx) -> dict:
         dataloader_num_workers=0,
         disable_tqdm=True,
         remove_unused_columns=False,
+        torch_compile=compile_model,
         seed=0,
     )
     trainer = Trainer(
@@ -307,6 +311,11 @@ def main() -> None:
         "OpenMP threads that wait on a busy core slow every step by up to 10x",
     )
     parser.add_argument("--no-trainer", action="store_true", help="leave out transformers' Trainer")
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="also time the loop with `compile: true` (logging to MLflow) and Trainer with torch_compile=True; "
+        "each run compiles afresh (inductor's disk cache shortens all but the first)",
+    )
     args = parser.parse_args()
     if args.steps % LOG_EVERY or args.warmup % LOG_EVERY or args.warmup < LOG_EVERY:
         parser.error(f"--steps and --warmup must be multiples of {LOG_EVERY} (--warmup at least {LOG_EVERY})")
@@ -347,6 +356,10 @@ def main() -> None:
             }
             if not args.no_trainer:
                 variants["trainer"] = lambda: run_trainer(ctx)
+            if args.compile:
+                variants["smolforge/compiled"] = lambda: run_smolforge(ctx, True, compile_model=True)
+                if not args.no_trainer:
+                    variants["trainer/compiled"] = lambda: run_trainer(ctx, compile_model=True)
             # one untimed round: first-call costs (kernels, Trainer/accelerate imports) out of the way
             console.print(f"{shape}: untimed warm-up round ...")
             saved = ctx.warmup, ctx.steps
@@ -396,6 +409,11 @@ def report(ctx: Ctx, results: dict[str, list[dict]], costs: dict[str, float], pe
         table.add_row("smolforge/noop / trainer", "", "per repeat", within("smolforge/noop", "trainer"))
         table.add_row("smolforge/mlflow / trainer", "", "per repeat", within("smolforge/mlflow", "trainer"))
         table.add_row("bare/adamw / trainer", "", "per repeat", within("bare/adamw", "trainer"))
+    if "smolforge/compiled" in tps:
+        table.add_row("smolforge/compiled / smolforge/mlflow", "", "per repeat", within("smolforge/compiled", "smolforge/mlflow"))
+        if "trainer" in tps:
+            table.add_row("smolforge/compiled / trainer", "", "per repeat", within("smolforge/compiled", "trainer"))
+            table.add_row("smolforge/compiled / trainer/compiled", "", "per repeat", within("smolforge/compiled", "trainer/compiled"))
     table.add_section()
     mfus = [t * ctx.flops_per_token / peak for t in tps["smolforge/noop"]]
     table.add_row(

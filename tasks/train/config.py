@@ -189,6 +189,14 @@ class PretrainConfig(Strict):
     log_every: int = Field(5, ge=1, description="Log training metrics every this many optimizer steps.")
     seed: int = Field(0, ge=0, description="Seeds initialisation, dropout and the data order.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, else mps, else cpu.")
+    compile: bool = Field(
+        False,
+        description=(
+            "Compile the training forward and loss with torch.compile (inductor; needs a C++ compiler on CPU). "
+            "Steps get faster (1.2-2x measured on CPU) after 10-60 s of compiling: worth it for runs of more "
+            "than a few minutes. Evaluation and generation stay eager."
+        ),
+    )
     nproc: int = Field(
         1,
         ge=1,

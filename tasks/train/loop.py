@@ -66,25 +66,47 @@ class StageRun:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _forward_loss(run: StageRun, batch: Batch, n_targets: int, mtp_targets: dict[int, int] | None) -> torch.Tensor:
-    """Next-token loss (plus the weighted MTP loss) of one micro-batch, normalised by the targets
-    of the whole step, so the micro-batches and the processes' rows add up to the step's mean loss."""
-    autocast = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else contextlib.nullcontext()
+def _next_token_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor,
+    n_targets: torch.Tensor,
+    autocast_dtype: torch.dtype | None,
+    want_hidden: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's forward and the summed next-token loss over the step's targets: the part of a
+    step that `compile` hands to torch.compile (tensors in, tensors out, no Python state)."""
+    autocast = torch.autocast(input_ids.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with autocast:
-        out = run.model(
-            input_ids=batch.input_ids,
-            output_hidden_states=run.mtp is not None and len(run.mtp.heads) > 0,
-            **_packed(run, batch),
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            output_hidden_states=want_hidden, use_cache=False,
         )
         logits = out.logits.float()
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        loss = loss / n_targets
-        if run.mtp is not None and len(run.mtp.heads) > 0:
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss / n_targets, (out.hidden_states[-1] if want_hidden else None)
+
+
+def _forward_loss(
+    run: StageRun, loss_fn: Callable, batch: Batch, n_targets: int, mtp_targets: dict[int, int] | None
+) -> torch.Tensor:
+    """Next-token loss (plus the weighted MTP loss) of one micro-batch, normalised by the targets
+    of the whole step, so the micro-batches and the processes' rows add up to the step's mean loss."""
+    with_mtp = run.mtp is not None and len(run.mtp.heads) > 0
+    packed = _packed(run, batch)
+    loss, hidden = loss_fn(
+        run.model, batch.input_ids, batch.labels, packed["attention_mask"], packed["position_ids"],
+        torch.tensor(float(n_targets), device=run.device), run.autocast_dtype, with_mtp,
+    )
+    if with_mtp:
+        autocast = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else contextlib.nullcontext()
+        with autocast:
             aux = mtp_loss(
-                run.mtp, out.hidden_states[-1], batch.labels, lm_head=run.model.lm_head, doc_ids=batch.doc_ids,
-                denominators=mtp_targets,
+                run.mtp, hidden, batch.labels, lm_head=run.model.lm_head, doc_ids=batch.doc_ids, denominators=mtp_targets
             )
-            loss = loss + run.mtp.weight * aux
+        loss = loss + run.mtp.weight * aux
     return loss
 
 
@@ -194,6 +216,8 @@ def train_stage(run: StageRun, plan: StagePlan, state: ckpt.TrainState) -> ckpt.
     config, model, optimizer = run.config, run.model, run.optimizer
     stage_range = next(r for r in run.schedule.ranges if r.name == plan.name)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    # compiled once per process; evaluation and generation stay eager (their shapes vary)
+    loss_fn = torch.compile(_next_token_loss) if config.compile else _next_token_loss
     tracker = AttentionLogitTracker(model) if run.qk_clip_threshold else None
     clip = config.stability.clip_norm or float("inf")
     for group in optimizer.param_groups:  # the peak rate the schedule multiplies (kept in checkpoints)
@@ -215,7 +239,7 @@ def train_stage(run: StageRun, plan: StagePlan, state: ckpt.TrainState) -> ckpt.
                 tracker.reset()
             loss_value = 0.0
             for batch in micro:
-                loss = _forward_loss(run, local_rows(batch, run.world).to(run.device), n_targets, mtp_targets)
+                loss = _forward_loss(run, loss_fn, local_rows(batch, run.world).to(run.device), n_targets, mtp_targets)
                 if run.perturb_loss is not None:
                     loss = run.perturb_loss(state.data_step, loss)
                 loss.backward()
