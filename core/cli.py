@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-FLOWS = ("pipeline", "curate")
+FLOWS = ("pipeline", "curate", "sweep")
 
 
 def _fail(message: str) -> None:
@@ -45,6 +45,9 @@ def run(
         _fail(str(exc))
     home = configure()
     console.print(f"[dim]project folder {home}[/]")
+    if flow == "sweep":
+        _run_sweep(cfg)
+        return
 
     from smolforge.flows.curate import curate
     from smolforge.flows.pipeline import pipeline
@@ -65,7 +68,52 @@ def run(
     print_funnel(curated["funnel"], curated["drops"])
     if result.get("pretrain"):
         print_pretraining(result["pretrain"])
+    if result.get("distill"):
+        print_distillation(result["distill"])
+    if result.get("finetune"):
+        print_finetuning(result["finetune"])
+    if result.get("sweep"):
+        print_sweep(result["sweep"])
     _where_to_look(run_id, cfg.tracking.experiment, curated)
+
+
+def _run_sweep(cfg) -> None:
+    """The sweep flow alone: its stage's upstream artifacts come from the cache or are made first."""
+    from smolforge.config import ConfigError
+    from smolforge.flows.sweep import sweep
+
+    if cfg.sweep is None:
+        _fail("the sweep flow needs a `sweep` section: see examples/sweep-tiny.yaml (--config) or --set sweep=...")
+    try:
+        summary = sweep(cfg)
+    except ConfigError as exc:
+        _fail(str(exc))
+    finally:
+        _settle_events()
+    print_sweep(summary)
+    from smolforge import tracking
+
+    console.print(f"MLflow run  {summary['mlflow_run_id']}  {tracking.run_url(summary['mlflow_run_id'], cfg.tracking.experiment)}")
+
+
+def print_sweep(summary: dict) -> None:
+    table = Table(title=f"sweep {summary['study']} ({summary['stage']}), trials of this run", title_justify="left")
+    for col in ("trial", "state", "value", "train s", "total s", "settings"):
+        table.add_column(col, justify="left" if col in ("state", "settings") else "right")
+    for r in sorted(summary["this_run"], key=lambda r: r.get("number", -1)):
+        value = f"{r['value']:.4f}" if r.get("value") is not None else ""
+        train = f"{r['train_seconds']:.1f}" if r.get("train_seconds") is not None else ""
+        settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.get("params", {}).items())
+        table.add_row(str(r.get("number", "")), r["state"], value, train, f"{r['wall_seconds']:.1f}", settings)
+    console.print(table)
+    console.print(
+        f"study       {summary['complete']} complete, {summary['pruned']} pruned, {summary['fail']} failed "
+        f"of {summary['trials']} trials in {summary['storage']}"
+    )
+    if summary.get("best_params") is not None:
+        console.print(f"best        trial {summary['best_trial']}: {summary['best_value']:.4f} with {summary['best_params']}")
+    for k in summary["kept"]:
+        console.print(f"kept        #{k['rank']} trial {k['trial']} ({k['value']:.4f}) {k['model']['uri']}")
 
 
 def _settle_events() -> None:
@@ -112,6 +160,39 @@ def print_pretraining(pretrained: dict) -> None:
     console.print(table)
     reg = pretrained["registered"]
     console.print(f"model       {reg['uri']} (version {reg['version']})")
+
+
+def print_distillation(distilled: dict) -> None:
+    m = distilled["metrics"]
+    table = Table(title="distillation", title_justify="left")
+    for col in ("model", "parameters", "steps", "val loss", "train kl", "seconds"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    table.add_row(f"teacher {distilled['teacher']['kind']}", f"{distilled['teacher_parameters']:,}", "", "", "", "")
+    table.add_row(
+        "student", f"{distilled['student_parameters']:,}", str(m["steps"]), f"{m['val_loss']:.3f}",
+        f"{m['train_kl']:.3f}", str(m["seconds"]),
+    )
+    console.print(table)
+    reg = distilled["registered"]
+    console.print(f"student     {reg['uri']} (version {reg['version']})")
+
+
+def print_finetuning(tuned: dict) -> None:
+    m = tuned["metrics"]
+    table = Table(title="fine-tuning", title_justify="left")
+    for col in ("trainable", "records", "dropped", "steps", "val loss", "from", "seconds"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{int(m['trainable_params']):,} / {int(m['total_params']):,}", f"{int(m['train_records'])} + {int(m['val_records'])}",
+        f"{int(m['dropped'])}", f"{int(m['steps'])}{' (early stop)' if m['stopped_early'] else ''}",
+        f"{m['val_loss']:.3f}", f"{m['first_val_loss']:.3f}", str(m["seconds"]),
+    )
+    console.print(table)
+    reasons = ", ".join(f"{k.removeprefix('dropped.')} {int(v)}" for k, v in m.items() if k.startswith("dropped."))
+    if reasons:
+        console.print(f"dropped     {reasons}")
+    reg = tuned["registered"]
+    console.print(f"chat model  {reg['uri']} (version {reg['version']})")
 
 
 def _where_to_look(run_id: str, experiment: str, curated: dict) -> None:

@@ -16,6 +16,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from smolforge.models.config import ModelConfig, MTPConfig, OptimizerConfig
 from smolforge.strict import Strict, require_unique
+from smolforge.tasks.distill.config import DistillConfig
+from smolforge.tasks.finetune.config import FinetuneConfig
+from smolforge.tasks.sweep.config import SweepConfig
 from smolforge.tasks.train.config import PretrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -185,6 +188,9 @@ class PipelineConfig(Strict):
     preset: str | None = Field(None, description="Preset this config was built from (informational).")
     curate: CurateConfig
     pretrain: PretrainSection | None = Field(None, description="Pretraining after curation; null stops after curation.")
+    distill: DistillConfig | None = Field(None, description="Distillation of the pretrained model into a smaller student.")
+    finetune: FinetuneConfig | None = Field(None, description="Instruction/chat fine-tuning (LoRA, QLoRA or full).")
+    sweep: SweepConfig | None = Field(None, description="An Optuna sweep over one stage's settings.")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -204,6 +210,15 @@ class PipelineConfig(Strict):
                         f"pretrain.stages.{i}.mixture names {unknown}, which are not curate sources "
                         f"(the corpus will have: {sorted(names)})"
                     )
+        if self.distill is not None:
+            names = {s.name for s in self.curate.sources}
+            unknown = sorted(set(self.distill.data.mixture) - names)
+            if unknown:
+                raise ValueError(
+                    f"distill.data.mixture names {unknown}, which are not curate sources (the corpus will have: {sorted(names)})"
+                )
+            if self.distill.teacher is None and self.pretrain is None:
+                raise ValueError("distill.teacher is null (the pretrained model) but pretrain is null: set one of them")
         return self
 
 
@@ -260,7 +275,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node[last] = value
 
 
-def _describe(error: ValidationError) -> str:
+def describe_errors(error: ValidationError) -> str:
+    """A validation error as one line per problem, each naming the setting, the value and what was expected."""
     lines = []
     for err in error.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -297,4 +313,4 @@ def load_config(
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(describe_errors(exc)) from None

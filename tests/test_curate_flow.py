@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 
 
 def tiny(*overrides: str):
-    """The tiny preset without pretraining: these tests are about curation (test_pretrain_flow trains)."""
-    return load_config("tiny", overrides=["pretrain=null", *overrides])
+    """The tiny preset stopping after curation: these tests are about curation (the later stages have
+    their own tests)."""
+    return load_config("tiny", overrides=["pretrain=null", "distill=null", "finetune=null", *overrides])
 
 
 def manifests(store: ArtifactStore) -> dict[tuple[str, str], float]:

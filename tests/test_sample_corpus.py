@@ -15,7 +15,7 @@ import pytest
 from smolforge import sample_corpus as sc
 from smolforge.sample_corpus import MARKER, SampleCorpusError, build_sample_corpus
 
-FOLDERS = ["html", "jsonl", "pdf", "text", "warc"]
+FOLDERS = ["html", "instruct", "jsonl", "pdf", "text", "warc"]
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,12 @@ def _device(config: PretrainSection, world: World) -> torch.device:
     return device
 
 
-def run_stage(spec: StageSpec, world: World = SINGLE) -> dict[str, Any]:
+def run_stage(
+    spec: StageSpec, world: World = SINGLE, on_eval: Callable[[int, float], None] | None = None
+) -> dict[str, Any]:
     """Train one stage from the previous stage's weights and optimizer state (or from scratch), or
-    from this stage's own last checkpoint when an earlier attempt was interrupted."""
+    from this stage's own last checkpoint when an earlier attempt was interrupted. `on_eval(step,
+    val_loss)` is called after every evaluation (a sweep's pruner raises from it)."""
     import mlflow
 
     started = time.perf_counter()
@@ -145,6 +149,7 @@ def run_stage(spec: StageSpec, world: World = SINGLE) -> dict[str, Any]:
         autocast_dtype=autocast_dtype(device, config.dtype),
         log=log,
         world=world,
+        on_eval=on_eval,
     )
     state = train_stage(run, plan, state)
     if not world.is_main:

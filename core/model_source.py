@@ -1,0 +1,120 @@
+"""Where a model comes from: the pipeline's own artifact, the MLflow registry, a folder or the hub.
+
+Distillation's teacher and fine-tuning's base are both named this way. Whatever the origin, the
+model becomes an artifact holding `model/` (config, weights, tokenizer) keyed by the content of
+those files, so the steps downstream are keyed by what the model is, not by how it was named: an
+alias that moves to another version gives a new key, and the same weights reached by two names
+give the same one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from smolforge.artifacts import ArtifactRef, file_hash, stable_hash
+from smolforge.config import ConfigError
+from smolforge.steps import Runtime
+
+REGISTRY_SCHEMES = ("models:/", "runs:/")
+KIND = "model-import"
+
+
+class ModelSourceError(ConfigError):
+    """A model reference that names nothing usable."""
+
+
+def model_folder(folder: str | Path) -> Path:
+    """A transformers folder, or an artifact / registered model folder that holds one in `model/`."""
+    folder = Path(folder)
+    for candidate in (folder / "model", folder):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelSourceError(f"{folder} holds no transformers model (no config.json in it or in its model/ folder)")
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else can only be meant as a local folder."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
+def _from_registry(spec: str, scratch: Path, setting: str) -> Path:
+    """A registered model (logged with the transformers flavor, as `smolforge.registry` does): its
+    folder holds `model/`; MLflow keeps the tokenizer in `components/tokenizer/`, put beside it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from smolforge import tracking
+
+    tracking._mlflow()  # the project's tracking URI, where the registry lives
+    try:
+        path = Path(mlflow.artifacts.download_artifacts(spec, dst_path=str(scratch)))
+    except MlflowException as exc:
+        raise ModelSourceError(
+            f"{setting}={spec!r}: not found in the MLflow registry at {mlflow.get_tracking_uri()}: {exc.message}"
+        ) from None
+    folder = model_folder(path)
+    tokenizer = path / "components" / "tokenizer"
+    if not (folder / "tokenizer.json").exists() and tokenizer.is_dir():
+        shutil.copytree(tokenizer, folder, dirs_exist_ok=True)
+    return folder
+
+
+def _from_hub(spec: str, scratch: Path, setting: str) -> Path:
+    """Download (or read from the local hub cache) and save as a plain folder. Needs the network or
+    a cached copy; under HF_HUB_OFFLINE=1 only the cache is tried."""
+    from huggingface_hub import is_offline_mode
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec)
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        offline = " (offline mode: only the local hub cache was looked at)" if is_offline_mode() else ""
+        raise ModelSourceError(
+            f"{setting}={spec!r} is neither a local folder nor a registry URI (models:/name@alias), and the "
+            f"Hugging Face hub gave no model by that id{offline}: {exc}"
+        ) from None
+    model.save_pretrained(scratch / "model")
+    tokenizer.save_pretrained(scratch / "model")
+    return scratch / "model"
+
+
+def locate(spec: str, scratch: Path, setting: str) -> Path:
+    """The transformers folder `spec` names; registry and hub models are downloaded into `scratch`.
+    `setting` (e.g. `distill.teacher`) is how errors name where the reference came from."""
+    if spec.startswith(REGISTRY_SCHEMES):
+        return _from_registry(spec, scratch, setting)
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        return model_folder(local)
+    if _looks_like_path(spec) or local.exists():
+        raise ModelSourceError(f"{setting}={spec!r}: no such folder ({local.resolve()})")
+    return _from_hub(spec, scratch, setting)
+
+
+def import_model(folder: Path, runtime: Runtime, source: str) -> ArtifactRef:
+    """Copy a transformers folder into the store as an artifact keyed by its files' content."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    key = stable_hash({str(p.relative_to(folder)): file_hash(p) for p in files})
+    store = runtime.store
+    existing = store.get(KIND, key)
+    if existing is not None:
+        return existing
+    with store.write(KIND, key, step="import_model", config={"source": source}) as (tmp, _):
+        shutil.copytree(folder, tmp / "model")
+    return store.ref(KIND, key)
+
+
+def resolve(spec: str | None, pipeline_model: ArtifactRef | None, runtime: Runtime, setting: str) -> ArtifactRef:
+    """The model as an artifact holding `model/`: the pipeline's pretrained model when `spec` is None."""
+    if spec is None:
+        if pipeline_model is None:
+            raise ModelSourceError(
+                f"{setting} is null (the pipeline's pretrained model) but no pretrain stage ran: set {setting} to a "
+                "registry URI (models:/smolforge-base@candidate), a folder or a hub id"
+            )
+        return pipeline_model
+    with tempfile.TemporaryDirectory(prefix="smolforge-model-") as scratch:
+        return import_model(locate(spec, Path(scratch), setting), runtime, spec)

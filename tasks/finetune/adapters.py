@@ -1,0 +1,213 @@
+"""Load the base for a fine-tuning method, put LoRA adapters on it, merge them back.
+
+* `lora`: the base in full precision, frozen; peft adds A and B to each target module.
+* `qlora`: the base through transformers' bitsandbytes integration as 4-bit blocks
+  (`BitsAndBytesConfig`: NF4, double quantisation, a compute dtype), then
+  `peft.prepare_model_for_kbit_training` (norms and embeddings to fp32, input gradients on,
+  gradient checkpointing), then the same adapters, which stay in full precision.
+* `full`: the base in full precision, every weight trained.
+
+The checks that need the model (target modules that exist, a rank no layer is too small for,
+bitsandbytes installed) run on the config alone, with the model built on the meta device, so a
+bad setting is refused in milliseconds, before data or weights are read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from smolforge.config import ConfigError
+from smolforge.model_source import model_folder
+from smolforge.tasks.finetune.config import FinetuneConfig, LoraSettings
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def linear_layers(folder: Path) -> dict[str, tuple[int, int]]:
+    """Full module name -> (out_features, in_features) of every linear layer below the output head,
+    read from the config alone: the model is built on the meta device, which allocates nothing."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_folder(folder))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    return {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
+
+
+def check_bitsandbytes() -> None:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            "finetune.method=qlora loads the base in 4-bit through bitsandbytes, which is not installed: "
+            "pip install bitsandbytes (or choose finetune.method=lora)"
+        )
+
+
+def check_against_model(config: FinetuneConfig, folder: Path) -> dict[str, tuple[int, int]]:
+    """Refuse settings the base cannot take; return the linear layers the adapters will wrap."""
+    if config.method == "qlora":
+        check_bitsandbytes()
+    from transformers import AutoConfig
+
+    context = getattr(AutoConfig.from_pretrained(model_folder(folder)), "max_position_embeddings", None)
+    if context is not None and config.max_seq_len > context:
+        raise ConfigError(
+            f"finetune.max_seq_len={config.max_seq_len} is longer than the base model's context "
+            f"({context} positions, {model_folder(folder)}); use max_seq_len <= {context}"
+        )
+    if config.method == "full":
+        return {}
+    layers = linear_layers(folder)
+    short = sorted({name.rsplit(".", 1)[-1] for name in layers})
+    unknown = [t for t in config.lora.target_modules if t not in short]
+    if unknown:
+        raise ConfigError(
+            f"finetune.lora.target_modules: {unknown} are not linear modules of the base model "
+            f"({model_folder(folder)}); its linear modules are: {short}"
+        )
+    targets = {n: shape for n, shape in layers.items() if n.rsplit(".", 1)[-1] in config.lora.target_modules}
+    smallest_name, smallest = min(targets.items(), key=lambda kv: min(kv[1]))
+    if config.lora.r > min(smallest):
+        raise ConfigError(
+            f"finetune.lora.r={config.lora.r} is larger than layer {smallest_name} allows "
+            f"(out x in = {smallest[0]} x {smallest[1]}: a rank above {min(smallest)} adds parameters but no rank); "
+            f"use r <= {min(smallest)} or leave that module out of target_modules"
+        )
+    return targets
+
+
+def quantization_config(config: FinetuneConfig) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.qlora.quant_type,
+        bnb_4bit_use_double_quant=config.qlora.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[config.qlora.compute_dtype],
+    )
+
+
+def keep_4bit_weights_trainable(model: nn.Module) -> int:
+    """Turn off bitsandbytes' CPU inference repacking on every 4-bit linear layer; returns how many.
+
+    On a CPU with AVX512-BF16, `Linear4bit.forward` in eval mode (input without grad) repacks its
+    weight into a layout for an inference kernel (`gemv_4bit`) and never packs it back. After an
+    evaluation pass in the middle of training, every later training forward then runs that kernel,
+    which has no backward: no gradient flows through the frozen base to the layers below, so the
+    adapters of all but the last layers get wrong gradients, silently (torch only warns). With the
+    repacking off, evaluation uses the same dequantise-and-matmul path as training.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def release_checkpoint_file(model: nn.Module) -> int:
+    """Give the weights that stay in full precision (embeddings, norms) their own memory; returns
+    how many parameters were copied.
+
+    On a CPU, transformers hands out those tensors as views of the memory-mapped safetensors file.
+    While one view lives, the whole mapping does, and every page of the file that was read to
+    quantise the other weights stays resident: a 4-bit model would keep its full-precision checkpoint
+    in memory (~440 MiB for the 111M-parameter benchmark base, more than the model itself). Copying
+    the few unquantised tensors lets the mapping close.
+    """
+    from bitsandbytes.nn import Params4bit
+
+    copied = 0
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if not isinstance(param, Params4bit) and param.device.type == "cpu":
+                param.data = param.data.clone()
+                copied += 1
+    return copied
+
+
+def load_base(folder: Path, config: FinetuneConfig, device: torch.device) -> nn.Module:
+    """The base model as the method needs it, on `device`, ready for adapters (or for full training)."""
+    from transformers import AutoModelForCausalLM
+
+    path = model_folder(folder)
+    if config.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        check_bitsandbytes()
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quantization_config(config), device_map={"": str(device)}
+        )
+        keep_4bit_weights_trainable(model)
+        release_checkpoint_file(model)
+        # Non-reentrant checkpointing: it works when the checkpointed block's inputs do not require
+        # gradients and keeps the RNG state for dropout in the recomputation.
+        return prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=config.uses_checkpointing(),
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    if config.uses_checkpointing():
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.method != "full":
+            model.enable_input_require_grads()  # frozen embeddings: the checkpointed blocks still need a graph
+    return model
+
+
+def lora_config(settings: LoraSettings) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def add_adapter(model: nn.Module, settings: LoraSettings, seed: int) -> nn.Module:
+    """Wrap `model` with a fresh LoRA adapter named `default`; A's random init comes from `seed`."""
+    from peft import get_peft_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, lora_config(settings))
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def merge_adapter(base_folder: Path, adapter_dir: Path) -> nn.Module:
+    """The base in full precision with the adapter folded into its weights (`merge_and_unload`).
+
+    For QLoRA this is the usual choice: the adapter goes onto the original weights, not onto their
+    4-bit copy, so the merged model is a plain full-precision transformers model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_folder(base_folder), dtype=torch.float32)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+
+
+def load_adapters(base_folder: Path, adapters: dict[str, Path]) -> Any:
+    """One base with several adapters side by side; `model.set_adapter(name)` picks the active one."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if not adapters:
+        raise ValueError("load_adapters needs at least one adapter folder")
+    base = AutoModelForCausalLM.from_pretrained(model_folder(base_folder), dtype=torch.float32)
+    (first, first_dir), *rest = adapters.items()
+    model = PeftModel.from_pretrained(base, first_dir, adapter_name=first)
+    for name, folder in rest:
+        model.load_adapter(folder, adapter_name=name)
+    return model

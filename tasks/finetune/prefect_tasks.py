@@ -1,0 +1,92 @@
+"""Fine-tuning as a cached Prefect task that logs to an MLflow `finetune` run.
+
+The key covers the base (its artifact key), the data (each file's content hash) and the settings:
+re-running with the same three does no work; changing the rank, the data or the base re-trains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from smolforge import tracking
+from smolforge.artifacts import ArtifactRef
+from smolforge.steps import Runtime, artifact_step
+from smolforge.tasks.finetune.config import FinetuneConfig
+
+_HERE = Path(__file__).parent
+
+
+class BufferedMetrics:
+    """Collects per-step metrics and writes them in one `log_batch` call per evaluation: one
+    tracking-store round trip per step would cost more than a small model's training step."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.pending: list[Any] = []
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        if "val_loss" in metrics:
+            self.flush()
+
+    def flush(self) -> None:
+        import mlflow
+
+        if self.pending:
+            mlflow.MlflowClient().log_batch(self.run_id, metrics=self.pending)
+            self.pending = []
+
+
+@artifact_step(
+    "finetuned",
+    code=(_HERE / "train.py", _HERE / "data.py", _HERE / "adapters.py"),
+    tags=["gpu"],
+)
+def finetune_stage(out: Path, base: ArtifactRef, data: dict[str, str], config: FinetuneConfig, runtime: Runtime) -> dict[str, Any]:
+    """Fine-tune `base` on the JSONL files `data` (path -> content hash) as `config` says.
+
+    Writes `adapter/` (lora, qlora) and `model/` (merged or fully trained, with the tokenizer),
+    `samples.json` and `data.json` (records read, kept, held out, dropped by reason)."""
+    import json
+
+    import mlflow
+
+    from smolforge.model_source import model_folder
+    from smolforge.tasks.curate.tokenizer import load_tokenizer
+    from smolforge.tasks.finetune.data import load_data
+    from smolforge.tasks.finetune.train import finetune_model
+
+    tokenizer = load_tokenizer(str(model_folder(base.path)))
+    loaded = load_data(
+        [Path(p) for p in data], tokenizer, max_seq_len=config.max_seq_len, val_fraction=config.val_fraction,
+        max_val=config.max_val_records, seed=config.seed,
+    )
+    summary = {**loaded.summary(), "files": data}
+    with tracking.run("finetune", runtime.experiment, runtime.parent_run_id, tags={"smolforge.base_key": base.key}) as active:
+        tracking.log_params({"finetune": config.model_dump(mode="json"), "base_key": base.key})
+        mlflow.log_dict(summary, "data.json")
+        mlflow.log_metrics({f"data.dropped.{reason}": float(n) for reason, n in loaded.dropped.items()}, step=0)
+        mlflow.log_metrics(
+            {"data.records_read": float(loaded.read), "data.train_records": float(len(loaded.train)),
+             "data.val_records": float(len(loaded.val)), "data.dropped": float(sum(loaded.dropped.values()))},
+            step=0,
+        )
+        log = BufferedMetrics(active.info.run_id)
+        try:
+            result = finetune_model(config, base.path, loaded, out, log=log)
+        finally:
+            log.flush()
+        samples = json.loads((out / "samples.json").read_text(encoding="utf-8"))
+        if samples:
+            mlflow.log_table({k: [s[k] for s in samples] for k in ("prompt", "reference", "completion")}, "samples.json")
+        if (out / "adapter").is_dir():
+            mlflow.log_artifacts(str(out / "adapter"), "adapter")
+        mlflow.log_metrics({f"final_{k}": v for k, v in result.items() if not k.startswith("dropped")})
+        (out / "data.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        return {**result, "mlflow_run_id": active.info.run_id}

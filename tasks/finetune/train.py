@@ -1,0 +1,253 @@
+"""The fine-tuning loop, as a plain function the stage and the sweep both call.
+
+Per step: a batch of rendered conversations, the loss on the assistant's tokens only (mean over
+the batch's target tokens), clipping, AdamW, a warm-up + cosine schedule (transformers'). Every
+`eval_every` steps and at the end the validation loss is measured on the held-out records with
+the model in eval mode; the best weights are kept aside, and training stops after `patience`
+evaluations without improvement. The best weights are what gets saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from smolforge.device import pick_device
+from smolforge.model_source import model_folder
+from smolforge.tasks.finetune import adapters
+from smolforge.tasks.finetune.config import FinetuneConfig
+from smolforge.tasks.finetune.data import (
+    IGNORE_INDEX,
+    Example,
+    InstructData,
+    collate,
+    load_data,
+)
+
+Logger = Callable[[dict[str, float], int], None]
+
+
+def masked_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(summed next-token loss over target tokens, number of target tokens) of one batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    targets = batch["labels"][:, 1:]
+    loss = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, examples: Sequence[Example], batch_size: int, pad_id: int, device: torch.device) -> float:
+    """Mean loss per target token over the held-out records, in eval mode (no dropout)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()}
+        loss, n = masked_loss(model, batch)
+        total, count = total + loss.item(), count + n
+    model.train()
+    return total / max(count, 1)
+
+
+def _chat_generation_config(model: torch.nn.Module, tokenizer: Any) -> None:
+    """A chat model stops at the end of its turn (`<|im_end|>`) as well as at end of text."""
+    stops = [tokenizer.eos_token_id]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in stops:
+        stops.append(im_end)
+    model.generation_config.eos_token_id = stops
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+@torch.no_grad()
+def sample_generations(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int) -> list[dict[str, str]]:
+    """Greedy answers to held-out prompts, beside the reference answers."""
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for e in examples:
+        ids = tokenizer.apply_chat_template(
+            e.prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        ids = torch.tensor([list(ids)], device=device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
+        rows.append(
+            {
+                "prompt": e.prompt[-1]["content"],
+                "reference": e.reference,
+                "completion": tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True),
+            }
+        )
+    model.train()
+    return rows
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads for the duration of a block (process-wide, restored after)."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in params.items()}
+
+
+def finetune_model(
+    config: FinetuneConfig,
+    base_folder: str | Path,
+    data: Sequence[str | Path] | InstructData,
+    out: str | Path,
+    *,
+    on_eval: Callable[[int, float], None] | None = None,
+    log: Logger | None = None,
+) -> dict[str, float]:
+    """Fine-tune `base_folder` on `data` as `config` says and save the result into `out`.
+
+    Arguments:
+        config: the `finetune` section (method, lora, qlora, lr, steps, ...).
+        base_folder: a transformers model folder with its tokenizer, or a folder holding one as `model/`.
+        data: JSONL files of instruction/chat records (read, checked, rendered and split here), or an
+            `InstructData` already loaded with this base's tokenizer.
+        out: folder to write into: `adapter/` (lora, qlora: the peft adapter and tokenizer) and
+            `model/` (the merged model, or the fully fine-tuned one, with its tokenizer).
+        on_eval: called as `on_eval(step, val_loss)` after every validation evaluation; whatever
+            it raises (e.g. `optuna.TrialPruned`) propagates and ends training with nothing saved.
+        log: called as `log(metrics, step)` with `loss`, `lr`, `grad_norm` and `val_loss` curves.
+
+    Returns (all floats): `val_loss` (best), `first_val_loss` (before any step), `train_loss` (mean
+    of the last `eval_every` steps), `best_step`, `steps`, `stopped_early` (0/1), `trainable_params`,
+    `total_params`, `train_records`, `val_records`, `dropped` and `dropped.<reason>`, `seconds`.
+    """
+    with cpu_threads(config.threads):
+        return _train(config, base_folder, data, out, on_eval=on_eval, log=log)
+
+
+def _train(
+    config: FinetuneConfig,
+    base_folder: str | Path,
+    data: Sequence[str | Path] | InstructData,
+    out: str | Path,
+    *,
+    on_eval: Callable[[int, float], None] | None = None,
+    log: Logger | None = None,
+) -> dict[str, float]:
+    started = time.perf_counter()
+    out, base_folder = Path(out), Path(base_folder)
+    log = log or (lambda metrics, step: None)
+    adapters.check_against_model(config, base_folder)
+    from smolforge.tasks.curate.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_folder(base_folder)))
+    if not isinstance(data, InstructData):
+        data = load_data(
+            [Path(p) for p in data], tokenizer, max_seq_len=config.max_seq_len, val_fraction=config.val_fraction,
+            max_val=config.max_val_records, seed=config.seed,
+        )
+    device = pick_device(config.device)
+    model = adapters.load_base(base_folder, config, device)
+    if config.method != "full":
+        model = adapters.add_adapter(model, config.lora, config.seed)
+    model.train()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    from transformers import get_cosine_schedule_with_warmup
+
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, config.steps), config.steps)
+
+    pad_id = tokenizer.pad_token_id
+    order_rng = random.Random(config.seed)
+    order: list[int] = []
+    best_loss = validation_loss(model, data.val, config.batch_size, pad_id, device)
+    first_loss, best_step, best_state = best_loss, 0, _snapshot(params)
+    log({"val_loss": best_loss}, 0)
+    if on_eval is not None:
+        on_eval(0, best_loss)
+    recent: list[float] = []
+    evals_without_gain, step, stopped_early = 0, 0, False
+    while step < config.steps:
+        if len(order) < config.batch_size:  # a new pass over the training records, reshuffled
+            fresh = list(range(len(data.train)))
+            order_rng.shuffle(fresh)
+            order += fresh
+        picked, order = order[: config.batch_size], order[config.batch_size :]
+        batch = {k: v.to(device) for k, v in collate([data.train[i] for i in picked], pad_id).items()}
+        loss_sum, n_targets = masked_loss(model, batch)
+        loss = loss_sum / max(n_targets, 1)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        recent = (recent + [loss.item()])[-config.eval_every :]
+        log({"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm}, step)
+        if step % config.eval_every and step != config.steps:
+            continue
+        val_loss = validation_loss(model, data.val, config.batch_size, pad_id, device)
+        log({"val_loss": val_loss}, step)
+        if on_eval is not None:
+            on_eval(step, val_loss)
+        if not math.isfinite(val_loss):
+            raise FloatingPointError(f"validation loss is {val_loss} at step {step}: lower finetune.lr")
+        if val_loss < best_loss:
+            best_loss, best_step, best_state, evals_without_gain = val_loss, step, _snapshot(params), 0
+        else:
+            evals_without_gain += 1
+            if config.patience is not None and evals_without_gain >= config.patience:
+                stopped_early = True
+                break
+
+    with torch.no_grad():  # back to the best evaluation's weights
+        for name, value in best_state.items():
+            params[name].copy_(value)
+    samples = sample_generations(model, tokenizer, data.val[: config.sample_prompts], config.max_new_tokens)
+    _save(model, config, base_folder, tokenizer, out)
+    total = sum(p.numel() for p in model.parameters())
+    dropped = {f"dropped.{reason}": float(n) for reason, n in sorted(data.dropped.items())}
+    (out / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False), encoding="utf-8")
+    return {
+        "val_loss": best_loss,
+        "first_val_loss": first_loss,
+        "train_loss": sum(recent) / max(len(recent), 1),
+        "best_step": float(best_step),
+        "steps": float(step),
+        "stopped_early": float(stopped_early),
+        "trainable_params": float(sum(p.numel() for p in params.values())),
+        "total_params": float(total),
+        "train_records": float(len(data.train)),
+        "val_records": float(len(data.val)),
+        "dropped": float(sum(data.dropped.values())),
+        **dropped,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _save(model: torch.nn.Module, config: FinetuneConfig, base_folder: Path, tokenizer: Any, out: Path) -> None:
+    """`adapter/` (peft methods) and `model/`: a plain transformers model with its tokenizer."""
+    if config.method == "full":
+        merged = model
+        if config.uses_checkpointing():
+            merged.gradient_checkpointing_disable()
+    else:
+        model.save_pretrained(out / "adapter")
+        tokenizer.save_pretrained(out / "adapter")
+        merged = adapters.merge_adapter(base_folder, out / "adapter")
+    _chat_generation_config(merged, tokenizer)
+    merged.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")

@@ -1,0 +1,285 @@
+"""The Optuna study behind a sweep, and one trial as a Prefect task.
+
+The study lives in a database (a SQLite file in the project folder, or any URL), so several sweep
+flow runs share it and a crashed one resumes: every running trial records a heartbeat, a trial
+whose process died goes silent, is failed by the next sweep that looks (`fail_stale_trials`) and
+re-enqueued with the same settings (`RetryHeartbeatStaleTrialCallback`). A trial task runs
+`study.optimize(n_trials=1)`, which is what records those heartbeats and files pruned and failed
+trials in the right state.
+
+Each trial is an MLflow child run of the sweep run: its settings as params, the validation loss at
+every evaluation, the final value, and its state (a pruned trial ends KILLED and is tagged PRUNED).
+A complete trial's model becomes a `sweep-trial` artifact; the flow later keeps only the best ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
+
+from smolforge import tracking
+from smolforge.artifacts import ArtifactRef, stable_hash
+from smolforge.config import ConfigError, PipelineConfig, apply_override
+from smolforge.config import describe_errors as describe
+from smolforge.steps import Runtime
+from smolforge.tasks.sweep.config import SweepConfig
+from smolforge.tasks.sweep.objectives import OBJECTIVES, TrialFailed, TrialWork, timed
+from smolforge.tasks.sweep.space import Choice, FloatRange, IntRange, render
+
+KIND = "sweep-trial"
+# the heartbeat API is marked experimental in Optuna; the sweep relies on it on purpose
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def default_storage(home: Path) -> str:
+    return f"sqlite:///{home / 'optuna.db'}"
+
+
+def storage_for(cfg: SweepConfig, url: str) -> optuna.storages.RDBStorage:
+    # SQLite serialises writers: wait for the lock rather than fail when trials report at once
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs=engine,
+        heartbeat_interval=cfg.heartbeat_seconds,
+        grace_period=cfg.grace,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries),
+    )
+
+
+def public_url(url: str) -> str:
+    """The storage URL without its password, for logs and MLflow."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def sampler_for(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """Each trial task builds its own sampler: seeding them all alike would make tasks that start
+    together draw the same settings, hence one seed per task (see `task_seed`). QMC is the
+    exception: its Sobol sequence is seeded by the study and indexed by the trial number."""
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=cfg.seed, independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def task_seed(cfg: SweepConfig, worker: str, ordinal: int) -> int:
+    """Distinct for every trial task of every sweep run on the study, derived from `cfg.seed`."""
+    return int(stable_hash([cfg.seed, worker, ordinal])[:8], 16)
+
+
+def pruner_for(cfg: SweepConfig) -> optuna.pruners.BasePruner:
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after_trials, n_warmup_steps=cfg.prune_after_steps)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.prune_after_steps))
+    return optuna.pruners.NopPruner()
+
+
+def study_name(config: PipelineConfig, upstream: dict[str, ArtifactRef]) -> str:
+    """Stable across re-runs of the same sweep (so a re-run resumes it) and different when anything
+    that defines a trial changes: the space, the sampler and pruner, the swept sections' settings
+    and the upstream artifacts. The number of trials and the parallelism are left out on purpose:
+    raising `trials` continues the study."""
+    cfg = config.sweep
+    objective = OBJECTIVES[cfg.stage]
+    defining = {
+        "space": {p: v.model_dump() for p, v in cfg.space.items()},
+        "fixed": cfg.fixed,
+        "sampler": cfg.sampler,
+        "pruner": [cfg.pruner, cfg.prune_after_trials, cfg.prune_after_steps],
+        "seed": cfg.seed,
+        "sections": {s: config.model_dump(mode="json").get(s) for s in objective.reads},
+        "upstream": {role: ref.key for role, ref in sorted(upstream.items())},
+    }
+    return cfg.study or f"{cfg.stage}-{stable_hash(defining)[:12]}"
+
+
+def open_study(cfg: SweepConfig, url: str, name: str, seed: int | None = None) -> optuna.Study:
+    return optuna.create_study(
+        storage=storage_for(cfg, url), study_name=name, sampler=sampler_for(cfg, cfg.seed if seed is None else seed),
+        pruner=pruner_for(cfg),
+        direction="minimize", load_if_exists=True,
+    )
+
+
+def counts_as_finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """Complete, pruned, or failed by its own settings (diverged). A trial failed because its process
+    died or the code broke does not count: its budget is spent again (a died one is retried)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and "failure" in trial.user_attrs
+
+
+def suggest(trial: optuna.Trial, space: dict[str, IntRange | FloatRange | Choice]) -> dict[str, Any]:
+    """The trial's value for each setting; a retried trial gets its original values back."""
+    values: dict[str, Any] = {}
+    for path, p in space.items():
+        if isinstance(p, IntRange):
+            values[path] = trial.suggest_int(path, p.low, p.high, step=p.step, log=p.log)
+        elif isinstance(p, FloatRange):
+            values[path] = trial.suggest_float(path, p.low, p.high, step=p.step, log=p.log)
+        else:
+            values[path] = trial.suggest_categorical(path, p.values)
+    return values
+
+
+def trial_config(config: PipelineConfig, values: dict[str, Any]) -> PipelineConfig:
+    """The full config as the trial sees it: the sweep's fixed settings and the trial's values
+    applied, no sweep inside it."""
+    data = config.model_dump(mode="json")
+    data["sweep"] = None
+    for path, value in {**config.sweep.fixed, **values}.items():
+        apply_override(data, f"{path}={render(value)}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"settings {values}: " + describe(exc)) from None
+
+
+class _TrialRun:
+    """The trial's MLflow child run; ends FINISHED, KILLED (pruned) or FAILED."""
+
+    def __init__(self, name: str, experiment: str, parent_run_id: str | None, tags: dict[str, str]):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.run = mlflow.start_run(
+            experiment_id=tracking.experiment_id(experiment), run_name=name, parent_run_id=parent_run_id,
+            nested=parent_run_id is not None, tags={**tracking.prefect_tags(), "smolforge.stage": "sweep-trial", **tags},
+        )
+
+    def end(self, state: TrialState) -> None:
+        self.mlflow.set_tag("optuna.state", state.name)
+        status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}.get(state, "FAILED")
+        self.mlflow.end_run(status=status)
+
+
+def _objective(
+    config: PipelineConfig, upstream: dict[str, ArtifactRef], runtime: Runtime, study: str, worker: str, record: dict
+):
+    """The function Optuna calls for the trial: settings, training, a model artifact, MLflow."""
+    cfg = config.sweep
+    objective = OBJECTIVES[cfg.stage]
+    store = runtime.store
+
+    def run(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker)
+        values = suggest(trial, cfg.space)
+        record.update(number=trial.number, params=values)
+        tags = {"optuna.study": study, "optuna.trial": str(trial.number)}
+        mlrun = _TrialRun(f"trial-{trial.number}", runtime.experiment, runtime.parent_run_id, tags)
+        trial.set_user_attr("mlflow_run_id", mlrun.run.info.run_id)
+        tracking.log_params(values)
+
+        def on_eval(step: int, val_loss: float) -> None:
+            mlrun.mlflow.log_metric("val_loss", val_loss, step=step)
+            trial.report(val_loss, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val_loss {val_loss:.4f} at step {step} is worse than the pruner allows")
+
+        key = stable_hash({"study": study, "trial": trial.number, "params": values})
+        try:
+            try:
+                trial_cfg = trial_config(config, values)
+            except ConfigError as exc:  # values each valid, together not (e.g. heads that do not divide the width)
+                raise TrialFailed(str(exc)) from None
+            scratch = Path(tempfile.mkdtemp(prefix=f"trial-{trial.number}-", dir=_scratch_root(runtime)))
+            try:
+                with store.write(KIND, key, step="sweep_trial", inputs=list(upstream.values()), config={
+                    "study": study, "trial": trial.number, "params": values,
+                }) as (out, metrics):
+                    result = timed(objective.train, TrialWork(trial_cfg, upstream, out, scratch, on_eval))
+                    metrics.update(result)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        except optuna.TrialPruned:
+            mlrun.end(TrialState.PRUNED)
+            record.update(state="PRUNED")
+            raise
+        except TrialFailed as exc:
+            trial.set_user_attr("failure", str(exc))
+            mlrun.mlflow.set_tag("optuna.failure", str(exc)[:5000])
+            mlrun.end(TrialState.FAIL)
+            record.update(state="FAIL")
+            raise
+        except BaseException:
+            mlrun.end(TrialState.FAIL)
+            record.update(state="FAIL")
+            raise
+        trial.set_user_attr("artifact_key", key)
+        trial.set_user_attr("train_seconds", result["train_seconds"])
+        mlrun.mlflow.log_metrics({"value": result["value"], "train_seconds": result["train_seconds"]})
+        mlrun.end(TrialState.COMPLETE)
+        record.update(state="COMPLETE", value=result["value"], train_seconds=result["train_seconds"], artifact=key)
+        return float(result["value"])
+
+    return run
+
+
+def _scratch_root(runtime: Runtime) -> Path:
+    root = Path(runtime.root) / ".work" / "sweep"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@task(name="sweep-trial", cache_policy=NO_CACHE, tags=["gpu"])
+def sweep_trial(
+    config: PipelineConfig,
+    upstream: dict[str, ArtifactRef],
+    storage_url: str,
+    study: str,
+    runtime: Runtime,
+    worker: str,
+    ordinal: int,
+) -> dict[str, Any]:
+    """Run one trial of the study to its end (complete, pruned or failed) and describe it. Its wall
+    time, against the training time measured inside, is the sweep's overhead per trial."""
+    started = time.perf_counter()
+    record: dict[str, Any] = {"state": "NONE"}
+    loaded = open_study(config.sweep, storage_url, study, seed=task_seed(config.sweep, worker, ordinal))
+    loaded.optimize(
+        _objective(config, upstream, runtime, study, worker, record), n_trials=1, catch=(TrialFailed,),
+        gc_after_trial=True,
+    )
+    record["wall_seconds"] = time.perf_counter() - started
+    return record
+
+
+def new_worker_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": json.dumps(t.params, sort_keys=True),
+                "last_step": t.last_step,
+                "seconds": t.duration.total_seconds() if t.duration else None,
+                "train_seconds": t.user_attrs.get("train_seconds"),
+                "retry_of": optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t),
+                "failure": t.user_attrs.get("failure"),
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                "artifact_key": t.user_attrs.get("artifact_key"),
+            }
+        )
+    return rows
