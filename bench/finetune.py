@@ -60,12 +60,14 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def build_base(folder: Path, vocab: int) -> int:
+def build_base(folder: Path, vocab: int, dtype: str = "float32") -> int:
+    import torch
+
     from smolforge.models.architecture import build_model, count_parameters
     from smolforge.models.config import ModelConfig
 
     model = build_model(ModelConfig(preset="small"), vocab_size=vocab, bos_id=0, eos_id=1, pad_id=2, seed=0)
-    model.save_pretrained(folder)
+    model.to(getattr(torch, dtype)).save_pretrained(folder)
     return count_parameters(model)
 
 
@@ -159,6 +161,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank on all seven projections.")
     parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument(
+        "--checkpoint-dtype", choices=["float32", "bfloat16"], default="float32",
+        help="dtype the base is saved in; published bases are usually bfloat16, which halves what QLoRA reads "
+        "while it quantises (LoRA and full still load it as float32)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run; 0: torch's default.")
     parser.add_argument(
         "--mmap-threshold", type=int, default=0,
@@ -174,7 +181,7 @@ def main() -> None:
     names = args.variants.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as scratch:
         base = Path(scratch) / "base"
-        n_params = build_base(base, args.vocab)
+        n_params = build_base(base, args.vocab, args.checkpoint_dtype)
         print(f"base: small preset shape, vocab {args.vocab}: {n_params / 1e6:.1f}M parameters; batch "
               f"{args.batch_size} x {args.seq_len} tokens, LoRA rank {args.rank}, {args.rounds} rounds x {args.steps} steps, "
               f"threads {args.threads or 'default'}, MALLOC_MMAP_THRESHOLD_ {args.mmap_threshold or 'default'}")
