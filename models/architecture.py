@@ -67,6 +67,17 @@ def build_model_config(
     )
 
 
+def tokenizer_ids(tokenizer: Any) -> dict[str, int]:
+    """The vocabulary size and special ids of a model built for `tokenizer` (`build_model` and
+    `build_model_config` keywords)."""
+    return {
+        "vocab_size": len(tokenizer),
+        "bos_id": tokenizer.bos_token_id,
+        "eos_id": tokenizer.eos_token_id,
+        "pad_id": tokenizer.pad_token_id,
+    }
+
+
 def build_model(
     cfg: ModelConfig | ModelShape | SmolLM3Config,
     *,

@@ -96,7 +96,7 @@ def check_teacher(folder: Path, tokenizer: Any, tokenizer_name: str, student: Mo
     """
     from transformers import AutoConfig
 
-    from smolforge.models.architecture import build_model_config, count_parameters
+    from smolforge.models.architecture import build_model_config, count_parameters, tokenizer_ids
     from smolforge.tasks.curate.tokenizer import load_tokenizer
 
     require_same_tokenizer(load_tokenizer(str(folder)), tokenizer, str(folder), tokenizer_name)
@@ -106,10 +106,7 @@ def check_teacher(folder: Path, tokenizer: Any, tokenizer_name: str, student: Mo
             f"the teacher at {folder} has vocab_size={teacher_config.vocab_size} in its config but its tokenizer has "
             f"{len(tokenizer)} tokens; its logits cannot be compared with the student's"
         )
-    student_config = build_model_config(
-        student, vocab_size=len(tokenizer), bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id,
-    )
+    student_config = build_model_config(student, **tokenizer_ids(tokenizer))
     sizes = {"teacher_parameters": parameter_count(teacher_config), "student_parameters": count_parameters(student_config)}
     if sizes["student_parameters"] >= sizes["teacher_parameters"]:
         shape = student.resolve()

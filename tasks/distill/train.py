@@ -22,7 +22,7 @@ import torch
 
 from smolforge.device import autocast_dtype, pick_device
 from smolforge.model_source import model_folder
-from smolforge.models.architecture import build_model, check_vocab, count_parameters
+from smolforge.models.architecture import build_model, check_vocab, count_parameters, tokenizer_ids
 from smolforge.models.masking import packed_attention_inputs
 from smolforge.models.optim import build_optimizer
 from smolforge.tasks.curate.tokenizer import load_tokenizer
@@ -109,10 +109,7 @@ def distill_student(
         require_same_tokenizer(load_tokenizer(str(teacher)), tokenizer, str(teacher), str(corpus_sources.tokenizer))
         teacher_model = load_teacher(teacher, device)
 
-    student = build_model(
-        config.student, vocab_size=len(tokenizer), bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id, seed=config.seed,
-    ).to(device)
+    student = build_model(config.student, **tokenizer_ids(tokenizer), seed=config.seed).to(device)
     check_vocab(student.config, tokenizer)
     optimizer = build_optimizer(student, config.optimizer)
     for group in optimizer.param_groups:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from smolforge.config import PretrainSection
 from smolforge.device import autocast_dtype, measure_peak_flops, pick_device
-from smolforge.models.architecture import build_model, check_vocab, count_parameters, flops_per_token
+from smolforge.models.architecture import build_model, check_vocab, count_parameters, flops_per_token, tokenizer_ids
 from smolforge.models.mtp import MTPHeads
 from smolforge.models.optim import build_optimizer
 from smolforge.tasks.curate.tokenizer import load_tokenizer
@@ -97,10 +97,7 @@ def run_stage(
     plan = plan_stages(config, sources)[spec.stage_index]
     tokenizer = load_tokenizer(sources.tokenizer)
     device = _device(config, world)
-    model = build_model(
-        config.model, vocab_size=len(tokenizer), bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id, seed=config.seed,
-    ).to(device)
+    model = build_model(config.model, **tokenizer_ids(tokenizer), seed=config.seed).to(device)
     check_vocab(model.config, tokenizer)
     mtp = MTPHeads(model.config, config.mtp).to(device) if config.mtp.heads else None
     optimizer = build_optimizer(model, config.optimizer, extra_modules=[mtp] if mtp else [])
