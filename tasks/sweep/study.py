@@ -50,13 +50,38 @@ def default_storage(home: Path) -> str:
 def storage_for(cfg: SweepConfig, url: str) -> optuna.storages.RDBStorage:
     # SQLite serialises writers: wait for the lock rather than fail when trials report at once
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(
+    storage = optuna.storages.RDBStorage(
         url,
         engine_kwargs=engine,
         heartbeat_interval=cfg.heartbeat_seconds,
         grace_period=cfg.grace,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries),
     )
+    if url.startswith("sqlite"):
+        _lock_on_begin(storage.engine)
+    return storage
+
+
+def _lock_on_begin(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it starts (`BEGIN IMMEDIATE`).
+
+    Optuna claims an enqueued trial by reading it as WAITING and then writing RUNNING. Its
+    `SELECT ... FOR UPDATE` is a no-op on SQLite, and the driver only opens the transaction at the
+    write, so two trial tasks can both read WAITING and both run the same trial; the second to
+    finish then fails with "Cannot tell a PRUNED trial". Taking the lock at BEGIN makes the read and
+    the write one step, across threads and processes alike. Transactions here are milliseconds
+    long, so serialising readers costs nothing a sweep notices."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _driver_leaves_transactions_to_us(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while optuna set the schema up predate the hooks
 
 
 def public_url(url: str) -> str:
