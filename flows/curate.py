@@ -46,6 +46,14 @@ def runtime_for(execution: ExecutionConfig, home: Path) -> Runtime:
     return Runtime(root=str(home / "artifacts"), workers=workers)
 
 
+def stage_runtime(config: PipelineConfig, parent_run_id: str | None = None) -> Runtime:
+    """The runtime a training stage's tasks get: the project's artifact store, and the MLflow
+    experiment and run that their own runs become children of."""
+    return runtime_for(config.execution, project_home()).model_copy(
+        update={"experiment": config.tracking.experiment, "parent_run_id": parent_run_id}
+    )
+
+
 def _index_inputs(against: list[str], runtime: Runtime) -> list[t.InputFile]:
     """Earlier dedup indexes, named by folder or by the key of the corpus that holds one."""
     found = []

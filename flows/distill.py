@@ -14,8 +14,7 @@ from prefect import flow
 
 from smolforge.artifacts import ArtifactRef, stable_hash
 from smolforge.config import ConfigError, PipelineConfig
-from smolforge.environment import project_home
-from smolforge.flows.curate import runtime_for
+from smolforge.flows.curate import stage_runtime
 from smolforge.registry import register_model
 
 
@@ -35,9 +34,7 @@ def distill(
     cfg = config.distill
     if cfg is None:
         raise ConfigError("the distill flow needs a `distill` section in the config")
-    runtime = runtime_for(config.execution, project_home()).model_copy(
-        update={"experiment": config.tracking.experiment, "parent_run_id": parent_run_id}
-    )
+    runtime = stage_runtime(config, parent_run_id)
     sources = CorpusSources.from_corpus_json(corpus.path / "corpus.json")
     try:
         plan = plan_for(cfg, sources)

@@ -23,7 +23,7 @@ from smolforge import tracking
 from smolforge.artifacts import ArtifactRef
 from smolforge.config import ConfigError, PipelineConfig
 from smolforge.environment import project_home
-from smolforge.flows.curate import runtime_for
+from smolforge.flows.curate import stage_runtime
 from smolforge.steps import Runtime
 from smolforge.tasks.sweep.objectives import OBJECTIVES
 from smolforge.tasks.sweep.report import close_abandoned_runs, keep_best, log_report
@@ -119,9 +119,7 @@ def sweep(
                 "upstream": {role: ref.key for role, ref in upstream.items()},
             }
         )
-        runtime = runtime_for(config.execution, home).model_copy(
-            update={"experiment": config.tracking.experiment, "parent_run_id": run.info.run_id}
-        )
+        runtime = stage_runtime(config, run.info.run_id)
         started = time.perf_counter()
         records = _run_trials(config, upstream, url, name, study, runtime)
         trials_done = time.perf_counter()

@@ -139,17 +139,14 @@ register(
 def _corpus_and_teacher(config: PipelineConfig, parent_run_id: str | None) -> dict[str, ArtifactRef]:
     """The corpus, the teacher (the pipeline's pretrained model unless `distill.teacher` names one)
     and, when the config asks for one, the teacher's top-k store: what the distill flow trains from."""
-    from smolforge.environment import project_home
-    from smolforge.flows.curate import runtime_for
+    from smolforge.flows.curate import stage_runtime
     from smolforge.flows.pretrain import pretrain
     from smolforge.model_source import resolve
     from smolforge.tasks.distill.prefect_tasks import teacher_topk
 
     cfg = config.distill
     corpus = _corpus(config, parent_run_id)["corpus"]
-    runtime = runtime_for(config.execution, project_home()).model_copy(
-        update={"experiment": config.tracking.experiment, "parent_run_id": parent_run_id}
-    )
+    runtime = stage_runtime(config, parent_run_id)
     pretrained = ArtifactRef(**pretrain(config, corpus, parent_run_id)["model"]) if cfg.teacher is None else None
     refs = {"corpus": corpus, "teacher": resolve(cfg.teacher, pretrained, runtime, "distill.teacher")}
     if cfg.top_k is not None and cfg.alpha > 0:
@@ -209,8 +206,7 @@ register(
 
 def _base(config: PipelineConfig, parent_run_id: str | None) -> dict[str, ArtifactRef]:
     """The base model the finetune flow would start from."""
-    from smolforge.environment import project_home
-    from smolforge.flows.curate import runtime_for
+    from smolforge.flows.curate import stage_runtime
     from smolforge.flows.pretrain import pretrain
     from smolforge.model_source import resolve
 
@@ -218,7 +214,7 @@ def _base(config: PipelineConfig, parent_run_id: str | None) -> dict[str, Artifa
     if config.finetune.base is None:  # the pipeline's pretrained model
         corpus = _corpus(config, parent_run_id)["corpus"]
         pretrained = ArtifactRef(**pretrain(config, corpus, parent_run_id)["model"])
-    return {"base": resolve(config.finetune.base, pretrained, runtime_for(config.execution, project_home()), "finetune.base")}
+    return {"base": resolve(config.finetune.base, pretrained, stage_runtime(config), "finetune.base")}
 
 
 # transformers caches one compiled chat template per template text, and the extension that marks
