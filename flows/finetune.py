@@ -2,8 +2,9 @@
 
 Everything that can be refused is refused first, before a weight is loaded: the data files (each
 must exist and hold usable records), the base's whereabouts, and the settings against the base
-(target modules, rank, bitsandbytes for qlora). Then the cached fine-tuning task and the
-registration of the merged model as `smolforge-chat@candidate`, tagged with the base's key.
+(target modules, rank, bitsandbytes for qlora). Then, for qlora, the cached quantisation of the
+base (once per base and quantisation settings), the cached fine-tuning task, and the registration
+of the merged model as `smolforge-chat@candidate`, tagged with the base's key.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from prefect import flow
 from smolforge.artifacts import ArtifactRef, file_hash, stable_hash
 from smolforge.config import ConfigError, PipelineConfig
 from smolforge.environment import project_home
-from smolforge.flows.curate import data_dir_of, runtime_for, sample_corpus_task
+from smolforge.flows.curate import data_dir_of, sample_corpus_task, stage_runtime
 from smolforge.registry import register_model
 
 
@@ -47,22 +48,21 @@ def finetune(config: PipelineConfig, base: ArtifactRef | None = None, parent_run
     model) and register the result."""
     from smolforge.model_source import resolve
     from smolforge.tasks.finetune.adapters import check_against_model
-    from smolforge.tasks.finetune.prefect_tasks import finetune_stage
+    from smolforge.tasks.finetune.prefect_tasks import finetune_stage, quantize_stage
 
     cfg = config.finetune
     if cfg is None:
         raise ConfigError("the finetune flow needs a `finetune` section in the config")
     home = project_home()
-    runtime = runtime_for(config.execution, home).model_copy(
-        update={"experiment": config.tracking.experiment, "parent_run_id": parent_run_id}
-    )
+    runtime = stage_runtime(config, parent_run_id)
     files = data_files(config, home)
     base_ref = resolve(cfg.base, base, runtime, "finetune.base")
     targets = check_against_model(cfg, base_ref.path)
     adapters = f"rank {cfg.lora.r} adapters on {len(targets)} layers" if cfg.method != "full" else "every weight"
     print(f"finetune ({cfg.method}): {adapters} of base {base_ref.kind}:{base_ref.key[:12]}, {len(files)} data files")
 
-    tuned = finetune_stage(base_ref, {str(f): file_hash(f) for f in files}, cfg, runtime)
+    quantized = quantize_stage(base_ref, cfg.qlora, runtime) if cfg.method == "qlora" else None
+    tuned = finetune_stage(base_ref, {str(f): file_hash(f) for f in files}, cfg, runtime, quantized)
     metrics = tuned.manifest()["metrics"]
     lineage = {
         "smolforge.base_key": base_ref.key,
@@ -71,4 +71,4 @@ def finetune(config: PipelineConfig, base: ArtifactRef | None = None, parent_run
     }
     registered = register_model(tuned, cfg.register_as, lineage, runtime.experiment, parent_run_id)
     return {"model": tuned.model_dump(), "base": base_ref.model_dump(), "metrics": metrics, "registered": registered,
-            "mlflow_run_id": metrics.get("mlflow_run_id")}
+            "mlflow_run_id": metrics.get("mlflow_run_id"), "quantized": quantized.model_dump() if quantized else None}

@@ -81,6 +81,8 @@ def pipeline_upstream(stage: str, result: dict[str, Any]) -> dict[str, ArtifactR
             refs["topk"] = result["distill"]["topk"]
     if stage == "finetune":
         refs["base"] = result["finetune"]["base"]
+        if result["finetune"].get("quantized"):
+            refs["quantized"] = result["finetune"]["quantized"]
     return {role: ArtifactRef(**ref) if isinstance(ref, dict) else ref for role, ref in refs.items()}
 
 

@@ -1,6 +1,7 @@
 """QLoRA is correct, not only running: the adapters on a 4-bit NF4 base get the gradients they
 would get on a full-precision base holding the same (dequantised) weights, at every step,
-including after an evaluation pass in the middle of training."""
+including after an evaluation pass in the middle of training; and the 4-bit base saved once
+(the stage's way) reloads to exactly what quantising on the fly gives."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import torch
 
 from smolforge.models.architecture import build_model
 from smolforge.models.config import ModelShape
+from smolforge.tasks.curate.tokenizer import train_tokenizer
 from smolforge.tasks.finetune import adapters
 from smolforge.tasks.finetune.config import FinetuneConfig
+from smolforge.tasks.finetune.quantize import quantize_base
 
 bnb = pytest.importorskip("bitsandbytes")
 from bitsandbytes.functional import dequantize_4bit  # noqa: E402
@@ -31,7 +34,16 @@ CONFIG = FinetuneConfig(method="qlora", device="cpu", lora={"r": 8, "alpha": 16,
 @pytest.fixture(scope="module")
 def base_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qlora-base")
+    train_tokenizer(["the mill by the river turns when the river runs"] * 20, vocab_size=VOCAB, out_dir=folder)
     build_model(SHAPE, vocab_size=VOCAB, bos_id=0, eos_id=1, pad_id=2, seed=3).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def quantized_folder(base_folder, tmp_path_factory):
+    """The base saved in 4-bit once, as the flow's quantisation step does."""
+    folder = tmp_path_factory.mktemp("qlora-base-4bit")
+    quantize_base(base_folder, CONFIG.qlora, folder)
     return folder
 
 
@@ -46,12 +58,13 @@ def batches(n: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def twin_models(base_folder, *, fix: bool = True):
-    """The QLoRA model, and a full-precision model whose targeted weights are the dequantised 4-bit
-    ones, each with the same freshly initialised adapter."""
+def twin_models(base_folder, *, fix: bool = True, quantized=None):
+    """The QLoRA model (quantised on the fly, or read from the saved 4-bit folder `quantized`), and
+    a full-precision model whose targeted weights are the dequantised 4-bit ones, each with the
+    same freshly initialised adapter."""
     from transformers import AutoModelForCausalLM
 
-    quantised = adapters.load_base(base_folder, CONFIG, torch.device("cpu"))
+    quantised = adapters.load_base(base_folder, CONFIG, torch.device("cpu"), quantized)
     if not fix:
         for m in quantised.modules():
             if isinstance(m, Linear4bit):
@@ -93,8 +106,8 @@ def eval_pass(model, batch) -> float:
     return loss
 
 
-def run_in_lockstep(base_folder, fix: bool = True, n_steps: int = 7):
-    quantised, reference = twin_models(base_folder, fix=fix)
+def run_in_lockstep(base_folder, fix: bool = True, n_steps: int = 7, quantized=None):
+    quantised, reference = twin_models(base_folder, fix=fix, quantized=quantized)
     for (n1, p1), (n2, p2) in zip(
         ((n, p) for n, p in quantised.named_parameters() if p.requires_grad),
         ((n, p) for n, p in reference.named_parameters() if p.requires_grad),
@@ -112,8 +125,9 @@ def run_in_lockstep(base_folder, fix: bool = True, n_steps: int = 7):
     return history
 
 
-def test_qlora_gradients_match_a_full_precision_model_with_the_dequantised_weights(base_folder):
-    history = run_in_lockstep(base_folder)
+@pytest.mark.parametrize("source", ["saved 4-bit folder", "quantised on the fly"])
+def test_qlora_gradients_match_a_full_precision_model_with_the_dequantised_weights(base_folder, quantized_folder, source):
+    history = run_in_lockstep(base_folder, quantized=quantized_folder if source == "saved 4-bit folder" else None)
     steps = [h for h in history if h[0] == "step"]
     assert len(steps) == 7
     for i, (_, grads_q, grads_r) in enumerate(steps):
@@ -167,3 +181,53 @@ def test_the_4bit_model_does_not_keep_its_checkpoint_file_mapped(base_folder):
     gc.collect()
     assert checkpoint not in Path("/proc/self/maps").read_text()
     assert model.get_input_embeddings().weight.sum().isfinite()
+
+
+def test_the_saved_4bit_base_reloads_to_what_quantising_on_the_fly_gives(base_folder, quantized_folder):
+    on_the_fly = adapters.load_base(base_folder, CONFIG, torch.device("cpu"))
+    saved = adapters.load_base(base_folder, CONFIG, torch.device("cpu"), quantized_folder)
+    layers = dict(saved.named_modules())
+    compared = 0
+    for name, module in on_the_fly.named_modules():
+        if isinstance(module, Linear4bit):
+            other = layers[name]
+            assert isinstance(other, Linear4bit) and other.weight.quant_state.quant_type == "nf4"
+            assert other.weight.quant_state.nested and other.compute_dtype == torch.float32
+            assert torch.equal(module.weight.data, other.weight.data)  # the same packed 4-bit codes
+            assert torch.equal(
+                dequantize_4bit(module.weight.data, module.weight.quant_state),
+                dequantize_4bit(other.weight.data, other.weight.quant_state),
+            )
+            compared += 1
+    assert compared == 7 * SHAPE.num_layers
+    plain = {n: p for n, p in saved.named_parameters() if not isinstance(p, bnb.nn.Params4bit)}
+    for name, param in on_the_fly.named_parameters():
+        if not isinstance(param, bnb.nn.Params4bit):  # embeddings and norms, kept in full precision
+            assert torch.equal(param, plain[name]), name
+    assert saved.is_gradient_checkpointing
+    fp32 = (base_folder / "model.safetensors").stat().st_size
+    assert (quantized_folder / "model.safetensors").stat().st_size < 0.5 * fp32
+    assert (quantized_folder / "tokenizer.json").read_text() == (base_folder / "tokenizer.json").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the Linux process memory map")
+def test_loading_the_saved_4bit_base_never_maps_the_full_precision_file(base_folder, quantized_folder):
+    model = adapters.load_base(base_folder, CONFIG, torch.device("cpu"), quantized_folder)
+    assert str(base_folder / "model.safetensors") not in Path("/proc/self/maps").read_text()
+    assert model.get_input_embeddings().weight.sum().isfinite()
+
+
+def test_a_4bit_folder_saved_with_other_settings_is_refused(base_folder, quantized_folder):
+    fp4 = CONFIG.model_copy(update={"qlora": CONFIG.qlora.model_copy(update={"quant_type": "fp4"})})
+    with pytest.raises(ValueError, match=r"quantised with .*'quant_type': 'nf4'.* not with finetune.qlora = .*'fp4'"):
+        adapters.load_base(base_folder, fp4, torch.device("cpu"), quantized_folder)
+
+
+def test_sweep_trials_reuse_the_saved_4bit_base_only_with_its_own_settings(quantized_folder):
+    from smolforge.tasks.sweep.objectives import quantized_for
+
+    assert quantized_for(CONFIG, quantized_folder) == quantized_folder
+    assert quantized_for(CONFIG, None) is None
+    fp4 = CONFIG.model_copy(update={"qlora": CONFIG.qlora.model_copy(update={"quant_type": "fp4"})})
+    assert quantized_for(fp4, quantized_folder) is None  # a trial sweeping the 4-bit settings quantises itself
+    assert quantized_for(CONFIG.model_copy(update={"method": "lora"}), quantized_folder) is None

@@ -1,10 +1,11 @@
 """Load the base for a fine-tuning method, put LoRA adapters on it, merge them back.
 
 * `lora`: the base in full precision, frozen; peft adds A and B to each target module.
-* `qlora`: the base through transformers' bitsandbytes integration as 4-bit blocks
-  (`BitsAndBytesConfig`: NF4, double quantisation, a compute dtype), then
-  `peft.prepare_model_for_kbit_training` (norms and embeddings to fp32, input gradients on,
-  gradient checkpointing), then the same adapters, which stay in full precision.
+* `qlora`: the base as 4-bit blocks through transformers' bitsandbytes integration (NF4, double
+  quantisation, a compute dtype): read from a folder `quantize.quantize_base` saved once (the
+  stage's way: only the packed weights are read), or quantised from the full-precision base as it
+  is read; then `peft.prepare_model_for_kbit_training` (norms and embeddings to fp32, input
+  gradients on, gradient checkpointing), then the same adapters, which stay in full precision.
 * `full`: the base in full precision, every weight trained.
 
 The checks that need the model (target modules that exist, a rank no layer is too small for,
@@ -23,9 +24,8 @@ from torch import nn
 
 from smolforge.config import ConfigError
 from smolforge.model_source import model_folder
+from smolforge.tasks.finetune import quantize
 from smolforge.tasks.finetune.config import FinetuneConfig, LoraSettings
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def linear_layers(folder: Path) -> dict[str, tuple[int, int]]:
@@ -81,17 +81,6 @@ def check_against_model(config: FinetuneConfig, folder: Path) -> dict[str, tuple
     return targets
 
 
-def quantization_config(config: FinetuneConfig) -> Any:
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=config.qlora.quant_type,
-        bnb_4bit_use_double_quant=config.qlora.double_quant,
-        bnb_4bit_compute_dtype=DTYPES[config.qlora.compute_dtype],
-    )
-
-
 def keep_4bit_weights_trainable(model: nn.Module) -> int:
     """Turn off bitsandbytes' CPU inference repacking on every 4-bit linear layer; returns how many.
 
@@ -131,8 +120,11 @@ def release_checkpoint_file(model: nn.Module) -> int:
     return copied
 
 
-def load_base(folder: Path, config: FinetuneConfig, device: torch.device) -> nn.Module:
-    """The base model as the method needs it, on `device`, ready for adapters (or for full training)."""
+def load_base(folder: Path, config: FinetuneConfig, device: torch.device, quantized: Path | None = None) -> nn.Module:
+    """The base model as the method needs it, on `device`, ready for adapters (or for full training).
+
+    For qlora, `quantized` is the folder `quantize.quantize_base` saved from `folder` with
+    `config.qlora`'s settings; without it the base is quantised here, as it is read."""
     from transformers import AutoModelForCausalLM
 
     path = model_folder(folder)
@@ -140,11 +132,20 @@ def load_base(folder: Path, config: FinetuneConfig, device: torch.device) -> nn.
         from peft import prepare_model_for_kbit_training
 
         check_bitsandbytes()
-        model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=quantization_config(config), device_map={"": str(device)}
-        )
+        if quantized is None:
+            model = quantize.load_quantising(path, config.qlora, device)
+            release_checkpoint_file(model)
+        else:
+            saved = quantize.saved_settings(quantized)
+            if saved != config.qlora.model_dump(mode="json"):
+                raise ValueError(
+                    f"{model_folder(quantized)} holds a base quantised with {saved or 'no 4-bit settings'}, "
+                    f"not with finetune.qlora = {config.qlora.model_dump(mode='json')}"
+                )
+            # Every tensor is read from the 4-bit file, whose pages are the weights themselves:
+            # nothing else is mapped, so there is no checkpoint to release.
+            model = AutoModelForCausalLM.from_pretrained(model_folder(quantized), device_map={"": str(device)})
         keep_4bit_weights_trainable(model)
-        release_checkpoint_file(model)
         # Non-reentrant checkpointing: it works when the checkpointed block's inputs do not require
         # gradients and keeps the RNG state for dropout in the recomputation.
         return prepare_model_for_kbit_training(

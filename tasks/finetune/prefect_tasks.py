@@ -1,7 +1,11 @@
-"""Fine-tuning as a cached Prefect task that logs to an MLflow `finetune` run.
+"""Fine-tuning as cached Prefect tasks that log to MLflow: `quantize_stage` (qlora only: the base
+saved in 4-bit, once) and `finetune_stage`.
 
-The key covers the base (its artifact key), the data (each file's content hash) and the settings:
-re-running with the same three does no work; changing the rank, the data or the base re-trains.
+The fine-tuning key covers the base (its artifact key), the 4-bit base for qlora (its key), the
+data (each file's content hash) and the settings: re-running with the same does no work; changing
+the rank, the data or the base re-trains. The 4-bit base's key covers only the base and the
+quantisation settings, so every qlora run on one base (another rank, a sweep trial, a second
+adapter) reuses it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef
 from smolforge.steps import Runtime, artifact_step
-from smolforge.tasks.finetune.config import FinetuneConfig
+from smolforge.tasks.finetune.config import FinetuneConfig, QuantSettings
 
 _HERE = Path(__file__).parent
 
@@ -43,13 +47,41 @@ class BufferedMetrics:
             self.pending = []
 
 
+@artifact_step("model-4bit", code=(_HERE / "quantize.py",))
+def quantize_stage(out: Path, base: ArtifactRef, settings: QuantSettings, runtime: Runtime) -> dict[str, Any]:
+    """`base` loaded as 4-bit blocks with `settings` and saved, with its tokenizer, into `model/`.
+
+    Its own step, so that the one-time cost of quantising (reading the whole full-precision
+    checkpoint) is paid once per base and settings, not in every fine-tuning run."""
+    import time
+
+    import mlflow
+
+    from smolforge.tasks.finetune.adapters import check_bitsandbytes
+    from smolforge.tasks.finetune.quantize import quantize_base
+
+    check_bitsandbytes()
+    with tracking.run("quantize", runtime.experiment, runtime.parent_run_id, tags={"smolforge.base_key": base.key}) as active:
+        tracking.log_params({"qlora": settings.model_dump(mode="json"), "base_key": base.key})
+        started = time.perf_counter()
+        result = quantize_base(base.path, settings, out / "model")
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        mlflow.log_metrics(result)
+        return {**result, "mlflow_run_id": active.info.run_id}
+
+
 @artifact_step(
     "finetuned",
-    code=(_HERE / "train.py", _HERE / "data.py", _HERE / "adapters.py"),
+    code=(_HERE / "train.py", _HERE / "data.py", _HERE / "adapters.py", _HERE / "quantize.py"),
     tags=["gpu"],
 )
-def finetune_stage(out: Path, base: ArtifactRef, data: dict[str, str], config: FinetuneConfig, runtime: Runtime) -> dict[str, Any]:
-    """Fine-tune `base` on the JSONL files `data` (path -> content hash) as `config` says.
+def finetune_stage(
+    out: Path, base: ArtifactRef, data: dict[str, str], config: FinetuneConfig, runtime: Runtime,
+    quantized: ArtifactRef | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `base` on the JSONL files `data` (path -> content hash) as `config` says; for
+    qlora, `quantized` is `quantize_stage`'s 4-bit copy of `base`, which training loads (the merged
+    model is still made on `base`, in full precision).
 
     Writes `adapter/` (lora, qlora) and `model/` (merged or fully trained, with the tokenizer),
     `samples.json` and `data.json` (records read, kept, held out, dropped by reason)."""
@@ -79,7 +111,9 @@ def finetune_stage(out: Path, base: ArtifactRef, data: dict[str, str], config: F
         )
         log = BufferedMetrics(active.info.run_id)
         try:
-            result = finetune_model(config, base.path, loaded, out, log=log)
+            result = finetune_model(
+                config, base.path, loaded, out, log=log, quantized=None if quantized is None else quantized.path / "model"
+            )
         finally:
             log.flush()
         samples = json.loads((out / "samples.json").read_text(encoding="utf-8"))

@@ -23,6 +23,7 @@ from smolforge.artifacts import ArtifactRef
 
 if TYPE_CHECKING:
     from smolforge.config import PipelineConfig
+    from smolforge.tasks.finetune.config import FinetuneConfig
 
 OnEval = Callable[[int, float], None]
 
@@ -205,16 +206,32 @@ register(
 
 
 def _base(config: PipelineConfig, parent_run_id: str | None) -> dict[str, ArtifactRef]:
-    """The base model the finetune flow would start from."""
+    """The base model the finetune flow would start from, and for qlora its cached 4-bit copy."""
     from smolforge.flows.curate import stage_runtime
     from smolforge.flows.pretrain import pretrain
     from smolforge.model_source import resolve
+    from smolforge.tasks.finetune.prefect_tasks import quantize_stage
 
     pretrained = None
     if config.finetune.base is None:  # the pipeline's pretrained model
         corpus = _corpus(config, parent_run_id)["corpus"]
         pretrained = ArtifactRef(**pretrain(config, corpus, parent_run_id)["model"])
-    return {"base": resolve(config.finetune.base, pretrained, stage_runtime(config), "finetune.base")}
+    runtime = stage_runtime(config, parent_run_id)
+    refs = {"base": resolve(config.finetune.base, pretrained, runtime, "finetune.base")}
+    if config.finetune.method == "qlora":
+        refs["quantized"] = quantize_stage(refs["base"], config.finetune.qlora, runtime)
+    return refs
+
+
+def quantized_for(cfg: FinetuneConfig, saved: Path | None) -> Path | None:
+    """`saved` (the sweep's cached 4-bit base) when a trial runs qlora with the settings it was
+    saved with; a trial that sweeps the 4-bit settings (or turns qlora on) quantises while loading."""
+    from smolforge.model_source import model_folder
+    from smolforge.tasks.finetune.quantize import saved_settings
+
+    if cfg.method != "qlora" or saved is None or saved_settings(saved) != cfg.qlora.model_dump(mode="json"):
+        return None
+    return model_folder(saved)
 
 
 # transformers caches one compiled chat template per template text, and the extension that marks
@@ -232,6 +249,7 @@ def _train_finetune(work: TrialWork) -> dict[str, Any]:
     from smolforge.tasks.finetune.train import finetune_model
 
     cfg, base = work.config.finetune, work.upstream["base"].path
+    saved = work.upstream["quantized"].path if "quantized" in work.upstream else None
     files = data_files(work.config, project_home())
     with _CHAT_TEMPLATE_LOCK:
         data = load_data(
@@ -239,7 +257,7 @@ def _train_finetune(work: TrialWork) -> dict[str, Any]:
             max_val=cfg.max_val_records, seed=cfg.seed,
         )
     try:
-        result = finetune_model(cfg, base, data, work.out, on_eval=work.on_eval)
+        result = finetune_model(cfg, base, data, work.out, on_eval=work.on_eval, quantized=quantized_for(cfg, saved))
     except FloatingPointError as exc:
         raise TrialFailed(str(exc)) from exc
     return {"value": result["val_loss"], "steps": result["steps"], "best_step": result["best_step"]}
