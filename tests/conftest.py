@@ -35,6 +35,18 @@ def sample_corpus(session_home) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline(sample_corpus) -> dict:
+    """The tiny preset's whole pipeline (curate, pretrain, distill, finetune), run once per session.
+    The flow tests of every stage read this one result instead of each module running its own
+    variant, which cost a further pipeline run even when every stage was cached (Prefect and MLflow
+    bookkeeping, a hash check of every artifact). A stage first trained here is this run's child."""
+    from smolforge.config import load_config
+    from smolforge.flows.pipeline import pipeline
+
+    return pipeline(load_config("tiny"))
+
+
 def _remove_home() -> None:
     if os.environ.get("SMOLFORGE_KEEP_TEST_HOME") != "1":
         shutil.rmtree(SESSION_HOME, ignore_errors=True)

@@ -20,8 +20,8 @@ OVERRIDES = ["finetune=null", "sweep=null"]
 
 
 @pytest.fixture(scope="module")
-def trained(session_home, sample_corpus):
-    return pipeline(load_config("tiny", overrides=OVERRIDES))
+def trained(tiny_pipeline):
+    return tiny_pipeline
 
 
 def refs(result):

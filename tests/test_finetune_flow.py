@@ -20,8 +20,8 @@ OVERRIDES = ["distill=null", "sweep=null"]
 
 
 @pytest.fixture(scope="module")
-def tuned(session_home, sample_corpus):
-    return pipeline(load_config("tiny", overrides=OVERRIDES))
+def tuned(tiny_pipeline):
+    return tiny_pipeline
 
 
 def test_lora_learns_the_instruction_set_and_drops_the_planted_records(tuned, sample_corpus):
@@ -83,19 +83,31 @@ def test_rerun_is_cached(tuned, session_home):
     assert len(mlflow.MlflowClient().search_model_versions("name='smolforge-chat'")) == versions
 
 
-def test_qlora_on_a_base_from_the_registry(tuned):
-    config = load_config("tiny", overrides=OVERRIDES + [
+def test_qlora_on_a_base_from_the_registry(tuned, session_home):
+    qlora = OVERRIDES + [
         "finetune.method=qlora", "finetune.base=models:/smolforge-base@candidate", "finetune.steps=6",
         "finetune.eval_every=3", "finetune.sample_prompts=1", "finetune.max_val_records=8",
         "finetune.register_as=smolforge-chat-qlora",
-    ])
-    result = finetune(config, None, tuned["mlflow_run_id"])
+    ]
+    result = finetune(load_config("tiny", overrides=qlora), None, tuned["mlflow_run_id"])
     assert result["base"]["kind"] == "model-import"  # imported from the registry, keyed by its files
     assert result["metrics"]["steps"] == 6 and result["metrics"]["val_loss"] < result["metrics"]["first_val_loss"]
     run = mlflow.get_run(result["mlflow_run_id"])
     assert run.data.params["finetune.qlora.quant_type"] == "nf4"
     assert mlflow.MlflowClient().get_model_version_by_alias("smolforge-chat-qlora", "candidate").tags[
         "smolforge.finetune_method"] == "qlora"
+    # training read the base the quantisation step saved in 4-bit; the merged model is full precision
+    quantized = ArtifactRef(**result["quantized"])
+    assert quantized.kind == "model-4bit" and quantized.manifest()["inputs"] == [{"kind": "model-import", "key": result["base"]["key"]}]
+    tuned_ref = ArtifactRef(**result["model"])
+    assert {"kind": "model-4bit", "key": quantized.key} in tuned_ref.manifest()["inputs"]
+    assert "quantization_config" not in json.loads((Path(tuned_ref.uri) / "model" / "config.json").read_text())
+    # another qlora run on the same base (a different learning rate) trains again on the same 4-bit base
+    store = ArtifactStore(session_home / "artifacts")
+    before = sorted(p.name for p in store.root.glob("model-4bit/*"))
+    again = finetune(load_config("tiny", overrides=qlora + ["finetune.lr=0.001", "finetune.steps=3"]), None, tuned["mlflow_run_id"])
+    assert again["model"]["key"] != result["model"]["key"] and again["quantized"] == result["quantized"]
+    assert sorted(p.name for p in store.root.glob("model-4bit/*")) == before
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The pretraining task's stage runner: a stage killed mid-way resumes from its work folder and
-reaches the weights of an uninterrupted run, and `nproc: 2` trains through torchrun to the same
-result as one process, with rank 0 logging to the stage's MLflow run."""
+reaches the weights of an uninterrupted run, and `nproc: 2` trains through torchrun (two CPU
+processes over gloo) to the same losses and weights as one process, with rank 0 logging to the
+stage's MLflow run."""
 
 import json
 import subprocess
@@ -98,20 +99,27 @@ def test_a_stage_killed_mid_way_resumes_to_the_uninterrupted_weights(corpus, tmp
 
 
 def test_nproc_two_trains_through_torchrun_like_one_process(corpus, tmp_path):
-    cfg = section()
-    single = spec_for(corpus, cfg, tmp_path / "single")
+    """Same global batch, so the same loss at every logged step (the processes' losses are summed
+    before logging), the same validation loss and the same weights."""
+    client = mlflow.MlflowClient()
+    runs = {}
+    for name in ("single", "ddp"):
+        with mlflow.start_run(run_name=f"{name}-stage") as active:
+            pass
+        runs[name] = active.info.run_id
+    single = spec_for(corpus, section(log_every=2), tmp_path / "single", run_id=runs["single"])
     one = run_stage(single)
-
-    with mlflow.start_run(run_name="ddp-stage") as active:
-        pass
-    cfg2 = section(nproc=2)
-    ddp = spec_for(corpus, cfg2, tmp_path / "ddp", run_id=active.info.run_id)
+    ddp = spec_for(corpus, section(log_every=2, nproc=2), tmp_path / "ddp", run_id=runs["ddp"])
     two = launch(ddp, 2)
     assert two["processes"] == 2 and two["steps"] == one["steps"] == 20
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
+    curves = {name: {m.step: m.value for m in client.get_metric_history(run_id, "loss")} for name, run_id in runs.items()}
+    assert list(curves["ddp"]) == list(range(2, 21, 2)) and curves["ddp"].keys() == curves["single"].keys()
+    for step, loss in curves["single"].items():
+        assert curves["ddp"][step] == pytest.approx(loss, rel=1e-5), step
     for name, value in weights(single).items():
         torch.testing.assert_close(weights(ddp)[name], value, rtol=1e-4, atol=1e-5, msg=name)
-    run = mlflow.MlflowClient().get_run(active.info.run_id)
+    run = client.get_run(runs["ddp"])
     assert run.data.params["processes"] == "2"
     assert {"loss", "val_loss", "tokens_per_s"} <= set(run.data.metrics)
 

@@ -45,8 +45,8 @@ NO_LATER_STAGES = ["distill=null", "finetune=null"]
 
 
 @pytest.fixture(scope="module")
-def upstream(session_home, sample_corpus):
-    return pipeline(load_config("tiny", overrides=[*NO_LATER_STAGES, "sweep=null"]))
+def upstream(tiny_pipeline):
+    return tiny_pipeline
 
 
 @pytest.fixture(scope="module")
