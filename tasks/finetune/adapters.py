@@ -136,8 +136,8 @@ def load_base(folder: Path, config: FinetuneConfig, device: torch.device, quanti
             model = quantize.load_quantising(path, config.qlora, device)
             release_checkpoint_file(model)
         else:
-            saved = quantize.saved_settings(quantized)
-            if saved != config.qlora.model_dump(mode="json"):
+            if not quantize.saved_with(quantized, config.qlora):
+                saved = quantize.saved_settings(quantized)
                 raise ValueError(
                     f"{model_folder(quantized)} holds a base quantised with {saved or 'no 4-bit settings'}, "
                     f"not with finetune.qlora = {config.qlora.model_dump(mode='json')}"

@@ -59,6 +59,11 @@ def saved_settings(folder: Path) -> dict[str, Any]:
     }
 
 
+def saved_with(folder: Path, settings: QuantSettings) -> bool:
+    """Whether `folder` holds a 4-bit model saved with exactly `settings`."""
+    return saved_settings(folder) == settings.model_dump(mode="json")
+
+
 def quantize_base(folder: Path, settings: QuantSettings, out: Path) -> dict[str, float]:
     """Load the full-precision base in `folder` as 4-bit blocks and save it, with its tokenizer,
     into `out`. Returns how many linear layers were quantised and the file sizes in MiB."""
@@ -72,7 +77,7 @@ def quantize_base(folder: Path, settings: QuantSettings, out: Path) -> dict[str,
     model.save_pretrained(out)
     load_tokenizer(str(source)).save_pretrained(out)
     del model
-    if saved_settings(out) != settings.model_dump(mode="json"):
+    if not saved_with(out, settings):
         raise RuntimeError(
             f"the 4-bit model saved in {out} records {saved_settings(out)}, not the settings asked for "
             f"({settings.model_dump(mode='json')}): this transformers version serialises bitsandbytes settings differently"

@@ -227,9 +227,9 @@ def quantized_for(cfg: FinetuneConfig, saved: Path | None) -> Path | None:
     """`saved` (the sweep's cached 4-bit base) when a trial runs qlora with the settings it was
     saved with; a trial that sweeps the 4-bit settings (or turns qlora on) quantises while loading."""
     from smolforge.model_source import model_folder
-    from smolforge.tasks.finetune.quantize import saved_settings
+    from smolforge.tasks.finetune.quantize import saved_with
 
-    if cfg.method != "qlora" or saved is None or saved_settings(saved) != cfg.qlora.model_dump(mode="json"):
+    if cfg.method != "qlora" or saved is None or not saved_with(saved, cfg.qlora):
         return None
     return model_folder(saved)
 
