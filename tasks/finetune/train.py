@@ -9,15 +9,15 @@ evaluations without improvement. The best weights are what gets saved.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
+import functools
 import gc
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +95,21 @@ def sample_generations(model: torch.nn.Module, tokenizer: Any, examples: Sequenc
     return rows
 
 
-@contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """torch's intra-op threads for the duration of a block (process-wide, restored after)."""
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+def with_config_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `fn(config, ...)` with torch's intra-op threads set to `config.threads` (process-wide,
+    restored after); `None` leaves them as they are."""
+
+    @functools.wraps(fn)
+    def run(config: FinetuneConfig, *args: Any, **kwargs: Any) -> Any:
+        previous = torch.get_num_threads()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        try:
+            return fn(config, *args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return run
 
 
 def release_freed_memory() -> None:
@@ -127,6 +132,7 @@ def _snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in params.items()}
 
 
+@with_config_threads
 def finetune_model(
     config: FinetuneConfig,
     base_folder: str | Path,
@@ -157,20 +163,6 @@ def finetune_model(
     of the last `eval_every` steps), `best_step`, `steps`, `stopped_early` (0/1), `trainable_params`,
     `total_params`, `train_records`, `val_records`, `dropped` and `dropped.<reason>`, `seconds`.
     """
-    with cpu_threads(config.threads):
-        return _train(config, base_folder, data, out, on_eval=on_eval, log=log, quantized=quantized)
-
-
-def _train(
-    config: FinetuneConfig,
-    base_folder: str | Path,
-    data: Sequence[str | Path] | InstructData,
-    out: str | Path,
-    *,
-    on_eval: Callable[[int, float], None] | None = None,
-    log: Logger | None = None,
-    quantized: str | Path | None = None,
-) -> dict[str, float]:
     started = time.perf_counter()
     out, base_folder = Path(out), Path(base_folder)
     log = log or (lambda metrics, step: None)
