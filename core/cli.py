@@ -129,10 +129,20 @@ def _settle_events() -> None:
         time.sleep(1.5)
 
 
+def _stage_table(title: str, columns: tuple[str, ...], label_column: bool = True) -> Table:
+    """A stage's results table: numbers right-aligned, the first column left when it is a label."""
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if label_column and i == 0 else "right")
+    return table
+
+
+def _print_registered(label: str, registered: dict) -> None:
+    console.print(f"{label:<12}{registered['uri']} (version {registered['version']})")
+
+
 def print_funnel(rows: list[dict], drops: dict[str, dict[str, int]]) -> None:
-    table = Table(title="curation funnel", title_justify="left")
-    for col in ("step", "docs in", "docs out", "dropped", "chars out", "tokens"):
-        table.add_column(col, justify="left" if col == "step" else "right")
+    table = _stage_table("curation funnel", ("step", "docs in", "docs out", "dropped", "chars out", "tokens"))
     for r in rows:
         table.add_row(
             r["step"], f"{r['docs_in']:,}", f"{r['docs_out']:,}", f"{r['dropped']:,}", f"{r['chars_out']:,}",
@@ -149,39 +159,33 @@ def print_funnel(rows: list[dict], drops: dict[str, dict[str, int]]) -> None:
 
 
 def print_pretraining(pretrained: dict) -> None:
-    table = Table(title="pretraining", title_justify="left")
-    for col in ("stage", "global step", "tokens", "val loss", "rollbacks", "seconds"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
+    table = _stage_table("pretraining", ("stage", "global step", "tokens", "val loss", "rollbacks", "seconds"))
     for s in pretrained["stages"]:
         table.add_row(
             s["stage"], str(s["steps"]), f"{s['tokens']:,}", f"{s.get('val_loss', float('nan')):.3f}",
             str(s["rollbacks"]), str(s["seconds"]),
         )
     console.print(table)
-    reg = pretrained["registered"]
-    console.print(f"model       {reg['uri']} (version {reg['version']})")
+    _print_registered("model", pretrained["registered"])
 
 
 def print_distillation(distilled: dict) -> None:
     m = distilled["metrics"]
-    table = Table(title="distillation", title_justify="left")
-    for col in ("model", "parameters", "steps", "val loss", "train kl", "seconds"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    table = _stage_table("distillation", ("model", "parameters", "steps", "val loss", "train kl", "seconds"))
     table.add_row(f"teacher {distilled['teacher']['kind']}", f"{distilled['teacher_parameters']:,}", "", "", "", "")
     table.add_row(
         "student", f"{distilled['student_parameters']:,}", str(m["steps"]), f"{m['val_loss']:.3f}",
         f"{m['train_kl']:.3f}", str(m["seconds"]),
     )
     console.print(table)
-    reg = distilled["registered"]
-    console.print(f"student     {reg['uri']} (version {reg['version']})")
+    _print_registered("student", distilled["registered"])
 
 
 def print_finetuning(tuned: dict) -> None:
     m = tuned["metrics"]
-    table = Table(title="fine-tuning", title_justify="left")
-    for col in ("trainable", "records", "dropped", "steps", "val loss", "from", "seconds"):
-        table.add_column(col, justify="right")
+    table = _stage_table(
+        "fine-tuning", ("trainable", "records", "dropped", "steps", "val loss", "from", "seconds"), label_column=False
+    )
     table.add_row(
         f"{int(m['trainable_params']):,} / {int(m['total_params']):,}", f"{int(m['train_records'])} + {int(m['val_records'])}",
         f"{int(m['dropped'])}", f"{int(m['steps'])}{' (early stop)' if m['stopped_early'] else ''}",
@@ -191,8 +195,7 @@ def print_finetuning(tuned: dict) -> None:
     reasons = ", ".join(f"{k.removeprefix('dropped.')} {int(v)}" for k, v in m.items() if k.startswith("dropped."))
     if reasons:
         console.print(f"dropped     {reasons}")
-    reg = tuned["registered"]
-    console.print(f"chat model  {reg['uri']} (version {reg['version']})")
+    _print_registered("chat model", tuned["registered"])
 
 
 def _where_to_look(run_id: str, experiment: str, curated: dict) -> None:
