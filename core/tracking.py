@@ -47,15 +47,20 @@ def prefect_tags() -> dict[str, str]:
     return tags
 
 
+def start(name: str, experiment: str, parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Any:
+    """Start a run named `name`, nested under `parent_run_id` when given, tagged with the Prefect
+    run and the stage (`name` unless `tags` says otherwise). The caller ends it; `run` does so for a block."""
+    return _mlflow().start_run(
+        experiment_id=experiment_id(experiment), run_name=name, parent_run_id=parent_run_id,
+        nested=parent_run_id is not None, tags={**prefect_tags(), "smolforge.stage": name, **(tags or {})},
+    )
+
+
 @contextlib.contextmanager
 def run(name: str, experiment: str, parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
     """Start (and end) a run; nested under `parent_run_id` when given. Failures mark it FAILED."""
     mlflow = _mlflow()
-    exp = experiment_id(experiment)
-    all_tags = {**prefect_tags(), "smolforge.stage": name, **(tags or {})}
-    active = mlflow.start_run(
-        experiment_id=exp, run_name=name, parent_run_id=parent_run_id, nested=parent_run_id is not None, tags=all_tags
-    )
+    active = start(name, experiment, parent_run_id, tags)
     try:
         yield active
     except BaseException:

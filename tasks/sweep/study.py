@@ -183,10 +183,7 @@ class _TrialRun:
         import mlflow
 
         self.mlflow = mlflow
-        self.run = mlflow.start_run(
-            experiment_id=tracking.experiment_id(experiment), run_name=name, parent_run_id=parent_run_id,
-            nested=parent_run_id is not None, tags={**tracking.prefect_tags(), "smolforge.stage": "sweep-trial", **tags},
-        )
+        self.run = tracking.start(name, experiment, parent_run_id, {"smolforge.stage": "sweep-trial", **tags})
 
     def end(self, state: TrialState) -> None:
         self.mlflow.set_tag("optuna.state", state.name)
