@@ -227,3 +227,10 @@ def test_several_adapters_load_side_by_side_on_one_base(base, data_file, tmp_pat
         torch.testing.assert_close(side_by_side[name], logits(merged), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(side_by_side["first"], side_by_side["second"], atol=1e-4)
     assert not torch.allclose(side_by_side["first"], logits(AutoModelForCausalLM.from_pretrained(base)), atol=1e-4)
+
+
+def test_a_run_with_dropout_repeats_exactly(base, data_file, tmp_path):
+    config = FinetuneConfig(steps=4, eval_every=2, batch_size=4, max_seq_len=128, lr=1e-2,
+                            lora={"r": 4, "dropout": 0.3}, sample_prompts=0)
+    runs = [finetune_model(config, base, [data_file], tmp_path / name) for name in ("a", "b")]
+    assert runs[0]["val_loss"] == runs[1]["val_loss"] and runs[0]["train_loss"] == runs[1]["train_loss"]

@@ -196,6 +196,7 @@ def finetune_model(
         on_eval(0, best_loss)
     recent: list[float] = []
     evals_without_gain, step, stopped_early = 0, 0, False
+    torch.manual_seed(config.seed)  # dropout draws from torch's global generator: a run repeats only if it is seeded
     while step < config.steps:
         if len(order) < config.batch_size:  # a new pass over the training records, reshuffled
             fresh = list(range(len(data.train)))
