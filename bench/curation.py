@@ -76,7 +76,7 @@ def prepare_environment(root: Path) -> list[str]:
 
 def pipeline_config(corpus: Path, workers: int, kinds: set[str] | None = None, extra: tuple[str, ...] = ()):
     """The tiny preset on `corpus`, PDF sources removed (or only `kinds`), `workers` processes."""
-    from smolforge.config import load_config
+    from smolforge.flows.config import load_config
 
     preset = load_config("tiny")
     sources = [s.model_dump() for s in preset.curate.sources if s.kind != "pdf"]
@@ -399,7 +399,7 @@ def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
     import mlflow
 
-    from smolforge.sample_corpus import build_sample_corpus
+    from smolforge.tasks.curate.sample_corpus import build_sample_corpus
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -426,7 +426,7 @@ def main() -> None:
     if args.settings:
         settings = json.loads(args.settings.read_text())
     else:
-        from smolforge.config import load_config
+        from smolforge.flows.config import load_config
 
         cfg = load_config("tiny").curate
         settings = cfg.model_dump(mode="json")

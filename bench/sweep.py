@@ -35,7 +35,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def sweep_config(steps: int, trials: int, repeat: int):
-    from smolforge.config import load_config
+    from smolforge.flows.config import load_config
 
     stages = f"[{{name: s{steps}, steps: {steps}, seq_len: 64, mixture: {{books: 0.8, chat: 0.2}}}}]"
     sweep = (
@@ -67,7 +67,7 @@ def main() -> None:
     from smolforge.artifacts import ArtifactRef
     from smolforge.flows.curate import curate
     from smolforge.flows.sweep import sweep
-    from smolforge.sample_corpus import build_sample_corpus
+    from smolforge.tasks.curate.sample_corpus import build_sample_corpus
 
     console = Console(width=150)
     try:

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from smolforge.flows.config import FLOWS
+
 app = typer.Typer(
     help="Make small language models as an orchestrated, reproducible pipeline (Prefect + MLflow).",
     no_args_is_help=True,
@@ -18,7 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-FLOWS = ("pipeline", "curate", "sweep")
 
 
 def _fail(message: str) -> None:
@@ -29,13 +30,14 @@ def _fail(message: str) -> None:
 @app.command()
 def run(
     flow: Annotated[str, typer.Argument(help=f"Which flow: {', '.join(FLOWS)}.")] = "pipeline",
-    preset: Annotated[Optional[str], typer.Option(help="Preset name, e.g. tiny.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Preset name (default: tiny, unless --config is given).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file merged over the preset.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override one setting: section.field=value (repeatable).")] = [],
 ) -> None:
     """Run a flow on the embedded default (or the servers your environment points at)."""
-    from smolforge.config import ConfigError, load_config
     from smolforge.environment import configure
+    from smolforge.errors import ConfigError
+    from smolforge.flows.config import load_config
 
     if flow not in FLOWS:
         _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
@@ -43,76 +45,51 @@ def run(
         cfg = load_config(preset or (None if config else "tiny"), config, set_)
     except ConfigError as exc:
         _fail(str(exc))
+    if flow != "pipeline" and getattr(cfg, flow) is None:
+        _fail(f"the {flow} flow needs a `{flow}` section in the config (--config FILE or --set {flow}=...)")
     home = configure()
     console.print(f"[dim]project folder {home}[/]")
-    if flow == "sweep":
-        _run_sweep(cfg)
-        return
 
-    from smolforge.flows.curate import curate
-    from smolforge.flows.pipeline import pipeline
+    from smolforge.flows.config import STAGES
+    from smolforge.flows.pipeline import pipeline, stage_flow
+    from smolforge.flows.results import PipelineResult
     from smolforge.runners import task_runner_for
 
     try:
         if flow == "pipeline":
             result = pipeline(cfg)
-            curated, run_id = result["curate"], result["mlflow_run_id"]
         else:
-            result = {}
-            curated = curate.with_options(task_runner=task_runner_for(cfg.execution))(cfg)
-            run_id = curated["mlflow_run_id"]
+            run_flow = stage_flow(next(s for s in STAGES if s.name == flow))
+            if flow == "curate":
+                run_flow = run_flow.with_options(task_runner=task_runner_for(cfg.execution))
+            alone = run_flow(cfg)
+            result = PipelineResult(mlflow_run_id=alone.mlflow_run_id, seconds=alone.seconds, stages={flow: alone})
     except ConfigError as exc:
         _fail(str(exc))
     finally:
         _settle_events()
-    print_funnel(curated["funnel"], curated["drops"])
-    if result.get("pretrain"):
-        print_pretraining(result["pretrain"])
-    if result.get("distill"):
-        print_distillation(result["distill"])
-    if result.get("finetune"):
-        print_finetuning(result["finetune"])
-    if result.get("sweep"):
-        print_sweep(result["sweep"])
-    _where_to_look(run_id, cfg.tracking.experiment, curated)
+    for name, stage_result in result.stages.items():
+        PRINTERS[name](stage_result)
+    _where_to_look(result, cfg.tracking.experiment)
 
 
-def _run_sweep(cfg) -> None:
-    """The sweep flow alone: its stage's upstream artifacts come from the cache or are made first."""
-    from smolforge.config import ConfigError
-    from smolforge.flows.sweep import sweep
-
-    if cfg.sweep is None:
-        _fail("the sweep flow needs a `sweep` section: see examples/sweep-tiny.yaml (--config) or --set sweep=...")
-    try:
-        summary = sweep(cfg)
-    except ConfigError as exc:
-        _fail(str(exc))
-    finally:
-        _settle_events()
-    print_sweep(summary)
-    from smolforge import tracking
-
-    console.print(f"MLflow run  {summary['mlflow_run_id']}  {tracking.run_url(summary['mlflow_run_id'], cfg.tracking.experiment)}")
-
-
-def print_sweep(summary: dict) -> None:
-    table = Table(title=f"sweep {summary['study']} ({summary['stage']}), trials of this run", title_justify="left")
+def print_sweep(summary) -> None:
+    table = Table(title=f"sweep {summary.study} ({summary.stage}), trials of this run", title_justify="left")
     for col in ("trial", "state", "value", "train s", "total s", "settings"):
         table.add_column(col, justify="left" if col in ("state", "settings") else "right")
-    for r in sorted(summary["this_run"], key=lambda r: r.get("number", -1)):
+    for r in sorted(summary.this_run, key=lambda r: r.get("number", -1)):
         value = f"{r['value']:.4f}" if r.get("value") is not None else ""
         train = f"{r['train_seconds']:.1f}" if r.get("train_seconds") is not None else ""
         settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.get("params", {}).items())
         table.add_row(str(r.get("number", "")), r["state"], value, train, f"{r['wall_seconds']:.1f}", settings)
     console.print(table)
     console.print(
-        f"study       {summary['complete']} complete, {summary['pruned']} pruned, {summary['fail']} failed "
-        f"of {summary['trials']} trials in {summary['storage']}"
+        f"study       {summary.complete} complete, {summary.pruned} pruned, {summary.fail} failed "
+        f"of {summary.trials} trials in {summary.storage}"
     )
-    if summary.get("best_params") is not None:
-        console.print(f"best        trial {summary['best_trial']}: {summary['best_value']:.4f} with {summary['best_params']}")
-    for k in summary["kept"]:
+    if summary.best_params is not None:
+        console.print(f"best        trial {summary.best_trial}: {summary.best_value:.4f} with {summary.best_params}")
+    for k in summary.kept:
         console.print(f"kept        #{k['rank']} trial {k['trial']} ({k['value']:.4f}) {k['model']['uri']}")
 
 
@@ -137,11 +114,12 @@ def _stage_table(title: str, columns: tuple[str, ...], label_column: bool = True
     return table
 
 
-def _print_registered(label: str, registered: dict) -> None:
-    console.print(f"{label:<12}{registered['uri']} (version {registered['version']})")
+def _print_registered(label: str, registered) -> None:
+    console.print(f"{label:<12}{registered.uri} (version {registered.version})")
 
 
-def print_funnel(rows: list[dict], drops: dict[str, dict[str, int]]) -> None:
+def print_funnel(curated) -> None:
+    rows, drops = curated.funnel, curated.drops
     table = _stage_table("curation funnel", ("step", "docs in", "docs out", "dropped", "chars out", "tokens"))
     for r in rows:
         table.add_row(
@@ -158,31 +136,31 @@ def print_funnel(rows: list[dict], drops: dict[str, dict[str, int]]) -> None:
     console.print(reasons)
 
 
-def print_pretraining(pretrained: dict) -> None:
+def print_pretraining(pretrained) -> None:
     table = _stage_table("pretraining", ("stage", "global step", "tokens", "val loss", "rollbacks", "seconds"))
-    for s in pretrained["stages"]:
+    for s in pretrained.stages:
         table.add_row(
             s["stage"], str(s["steps"]), f"{s['tokens']:,}", f"{s.get('val_loss', float('nan')):.3f}",
             str(s["rollbacks"]), str(s["seconds"]),
         )
     console.print(table)
-    _print_registered("model", pretrained["registered"])
+    _print_registered("model", pretrained.registered)
 
 
-def print_distillation(distilled: dict) -> None:
-    m = distilled["metrics"]
+def print_distillation(distilled) -> None:
+    m = distilled.metrics
     table = _stage_table("distillation", ("model", "parameters", "steps", "val loss", "train kl", "seconds"))
-    table.add_row(f"teacher {distilled['teacher']['kind']}", f"{distilled['teacher_parameters']:,}", "", "", "", "")
+    table.add_row(f"teacher {distilled.inputs.teacher.kind}", f"{distilled.teacher_parameters:,}", "", "", "", "")
     table.add_row(
-        "student", f"{distilled['student_parameters']:,}", str(m["steps"]), f"{m['val_loss']:.3f}",
+        "student", f"{distilled.student_parameters:,}", str(m["steps"]), f"{m['val_loss']:.3f}",
         f"{m['train_kl']:.3f}", str(m["seconds"]),
     )
     console.print(table)
-    _print_registered("student", distilled["registered"])
+    _print_registered("student", distilled.registered)
 
 
-def print_finetuning(tuned: dict) -> None:
-    m = tuned["metrics"]
+def print_finetuning(tuned) -> None:
+    m = tuned.metrics
     table = _stage_table(
         "fine-tuning", ("trainable", "records", "dropped", "steps", "val loss", "from", "seconds"), label_column=False
     )
@@ -195,19 +173,31 @@ def print_finetuning(tuned: dict) -> None:
     reasons = ", ".join(f"{k.removeprefix('dropped.')} {int(v)}" for k, v in m.items() if k.startswith("dropped."))
     if reasons:
         console.print(f"dropped     {reasons}")
-    _print_registered("chat model", tuned["registered"])
+    _print_registered("chat model", tuned.registered)
 
 
-def _where_to_look(run_id: str, experiment: str, curated: dict) -> None:
+PRINTERS = {
+    "curate": print_funnel,
+    "pretrain": print_pretraining,
+    "distill": print_distillation,
+    "finetune": print_finetuning,
+    "sweep": print_sweep,
+}
+
+
+def _where_to_look(result, experiment: str) -> None:
     from smolforge import tracking
     from smolforge.environment import mlflow_tracking_uri, project_home
 
-    corpus = curated["corpus"]
-    console.print(f"corpus      {corpus['uri']}")
-    console.print(f"MLflow run  {run_id}  {tracking.run_url(run_id, experiment)}")
+    curated = result.get("curate")
+    if curated is not None:
+        console.print(f"corpus      {curated.corpus.uri}")
+    if result.mlflow_run_id:
+        console.print(f"MLflow run  {result.mlflow_run_id}  {tracking.run_url(result.mlflow_run_id, experiment)}")
     console.print(f"            tracking store {mlflow_tracking_uri(project_home())}")
     console.print("Prefect     `smolforge ui` shows this flow run and its task runs")
-    console.print(f"took        {curated['seconds']} s in the curate flow")
+    stages = ", ".join(f"{name} {r.seconds:.1f} s" for name, r in result.stages.items())
+    console.print(f"took        {result.seconds:.1f} s ({stages})")
 
 
 @app.command()
@@ -247,7 +237,7 @@ def sample_corpus(
     scale: Annotated[int, typer.Option(min=1, help="More documents per package.")] = 1,
 ) -> None:
     """Assemble the offline, multilingual, messy sample corpus from installed packages."""
-    from smolforge.sample_corpus import build_sample_corpus
+    from smolforge.tasks.curate.sample_corpus import build_sample_corpus
 
     summary = build_sample_corpus(dest, scale=scale)
     console.print_json(json.dumps(summary, default=str))

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 from smolforge.artifacts import ArtifactRef, file_hash, stable_hash
-from smolforge.config import ConfigError
-from smolforge.steps import Runtime
+from smolforge.errors import ConfigError
+from smolforge.runtime import Runtime
 
 REGISTRY_SCHEMES = ("models:/", "runs:/")
 KIND = "model-import"

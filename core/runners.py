@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from smolforge.config import ExecutionConfig
+from smolforge.runtime import ExecutionConfig
 
 
 def task_runner_for(execution: ExecutionConfig):

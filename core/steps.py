@@ -22,20 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from smolforge.artifacts import ArtifactRef, ArtifactStore, code_version, recipe_key
-
-
-class Runtime(BaseModel):
-    """Where a run keeps its artifacts and how much CPU a step may use; never part of a key."""
-
-    root: str
-    workers: int = 1
-    experiment: str = "smolforge"
-    parent_run_id: str | None = None  # MLflow run that stage runs nest under
-
-    @property
-    def store(self) -> ArtifactStore:
-        return ArtifactStore(Path(self.root))
+from smolforge.artifacts import ArtifactRef, code_version, recipe_key
+from smolforge.runtime import Runtime
 
 
 def jsonable(value: Any) -> Any:

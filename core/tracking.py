@@ -69,6 +69,18 @@ def run(name: str, experiment: str, parent_run_id: str | None = None, tags: dict
     mlflow.end_run()
 
 
+@contextlib.contextmanager
+def resume(run_id: str) -> Iterator[Any]:
+    """Reopen a finished run (a stage's, to log its model into it) beside whatever run is active."""
+    mlflow = _mlflow()
+    with mlflow.start_run(run_id=run_id, nested=True) as active:
+        yield active
+
+
+def client() -> Any:
+    return _mlflow().MlflowClient()
+
+
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     """`{"a": {"b": 1}}` -> `{"a.b": "1"}`; lists of models are kept as one JSON-ish string."""
     if isinstance(value, dict):

@@ -14,44 +14,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow
 from prefect.futures import PrefectFuture
 
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef, file_hash
-from smolforge.config import ConfigError, CurateConfig, ExecutionConfig, PipelineConfig
 from smolforge.environment import project_home
+from smolforge.errors import ConfigError
+from smolforge.flows.config import PipelineConfig
+from smolforge.flows.results import PipelineResult, StageResult
 from smolforge.progress import wait_with_progress
-from smolforge.steps import Runtime
+from smolforge.runners import task_runner_for
+from smolforge.runtime import Runtime
 from smolforge.tasks.curate import prefect_tasks as t
-
-
-@task(name="sample-corpus")
-def sample_corpus_task(dest: str, scale: int) -> dict[str, Any]:
-    """Assemble the offline sample corpus (idempotent: an existing complete copy is reused)."""
-    from smolforge.sample_corpus import build_sample_corpus
-
-    return build_sample_corpus(Path(dest), scale=scale)
-
-
-def data_dir_of(cfg: CurateConfig, home: Path) -> Path:
-    if cfg.data_dir:
-        return Path(cfg.data_dir).expanduser().resolve()
-    return home / f"sample-corpus-{cfg.sample_corpus.scale if cfg.sample_corpus else 1}"
-
-
-def runtime_for(execution: ExecutionConfig, home: Path) -> Runtime:
-    # Under Dask each task already runs in its own worker process: no pool inside it.
-    workers = 1 if execution.runner == "dask" else execution.cpu_workers()
-    return Runtime(root=str(home / "artifacts"), workers=workers)
-
-
-def stage_runtime(config: PipelineConfig, parent_run_id: str | None = None) -> Runtime:
-    """The runtime a training stage's tasks get: the project's artifact store, and the MLflow
-    experiment and run that their own runs become children of."""
-    return runtime_for(config.execution, project_home()).model_copy(
-        update={"experiment": config.tracking.experiment, "parent_run_id": parent_run_id}
-    )
 
 
 def _index_inputs(against: list[str], runtime: Runtime) -> list[t.InputFile]:
@@ -92,17 +67,25 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+class CurateResult(StageResult):
+    corpus: ArtifactRef
+    funnel: list[dict[str, Any]]
+    drops: dict[str, dict[str, int]]
+    timings: dict[str, float]
+
+
 @flow(name="curate", log_prints=True)
-def curate(config: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Curate the configured sources into token shards; log the funnel to MLflow."""
+def curate(config: PipelineConfig, upstream: PipelineResult | None = None, parent_run_id: str | None = None) -> CurateResult:
+    """Curate the configured sources into token shards; log the funnel to MLflow. (`upstream` is
+    there so every stage flow takes the same arguments; curation has none.)"""
     started = time.perf_counter()
     clock = _Stopwatch()
     home = project_home()
     cfg = config.curate
-    runtime = runtime_for(config.execution, home)
-    data_dir = data_dir_of(cfg, home)
+    runtime = config.runtime()
+    data_dir = cfg.data_folder(home)
     if cfg.sample_corpus is not None:
-        sample_corpus_task(str(data_dir), cfg.sample_corpus.scale)
+        t.sample_corpus_task(str(data_dir), cfg.sample_corpus.scale)
 
     # Fail on configuration mistakes (a glob matching nothing, a missing index) before any work.
     files = {s.name: t.discover(s, data_dir) for s in cfg.sources}
@@ -145,14 +128,22 @@ def curate(config: PipelineConfig, parent_run_id: str | None = None) -> dict[str
     clock.lap("report")
     run_id = log_curation(config, corpus, report, files, data_dir, parent_run_id)
     clock.lap("mlflow")
-    return {
-        "corpus": corpus.model_dump(),
-        "mlflow_run_id": run_id,
-        "funnel": report["funnel"],
-        "drops": {step: m.get("drops", {}) for step, m in report["steps"].items() if m.get("drops")},
-        "seconds": round(time.perf_counter() - started, 2),
-        "timings": clock.laps,
-    }
+    return CurateResult(
+        corpus=corpus,
+        mlflow_run_id=run_id,
+        funnel=report["funnel"],
+        drops={step: m.get("drops", {}) for step, m in report["steps"].items() if m.get("drops")},
+        seconds=round(time.perf_counter() - started, 2),
+        timings=clock.laps,
+    )
+
+
+def corpus_of(config: PipelineConfig, upstream: PipelineResult | None, parent_run_id: str | None) -> ArtifactRef:
+    """The corpus the pipeline curated, or (run alone) the one this config curates, from the cache
+    when it was made before."""
+    if upstream is not None and upstream.get("curate") is not None:
+        return upstream.get("curate").corpus
+    return curate.with_options(task_runner=task_runner_for(config.execution))(config, None, parent_run_id).corpus
 
 
 def log_curation(

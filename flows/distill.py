@@ -13,59 +13,87 @@ from typing import Any
 from prefect import flow
 
 from smolforge.artifacts import ArtifactRef, stable_hash
-from smolforge.config import ConfigError, PipelineConfig
-from smolforge.flows.curate import stage_runtime
-from smolforge.registry import register_model
+from smolforge.errors import ConfigError
+from smolforge.flows.config import PipelineConfig
+from smolforge.flows.curate import corpus_of
+from smolforge.flows.pretrain import pretrain
+from smolforge.flows.results import PipelineResult, Registered, StageInputs, StageResult
+from smolforge.model_source import model_folder, resolve
+from smolforge.tasks.curate.tokenizer import load_tokenizer
+from smolforge.tasks.distill.prefect_tasks import distill_stage, teacher_topk
+from smolforge.tasks.distill.teacher import check_teacher
+from smolforge.tasks.distill.train import plan_for
+from smolforge.tasks.registry.register import register_model
+from smolforge.tasks.train.data import CorpusSources
 
 
-@flow(name="distill", log_prints=True)
-def distill(
-    config: PipelineConfig, corpus: ArtifactRef, teacher: ArtifactRef | None = None, parent_run_id: str | None = None
-) -> dict[str, Any]:
-    """Distil `config.distill.teacher` (or, when that is unset, `teacher`, the pipeline's pretrained
-    model) into `config.distill.student` on `corpus`."""
-    from smolforge.model_source import model_folder, resolve
-    from smolforge.tasks.curate.tokenizer import load_tokenizer
-    from smolforge.tasks.distill.prefect_tasks import distill_stage, teacher_topk
-    from smolforge.tasks.distill.teacher import check_teacher
-    from smolforge.tasks.distill.train import plan_for
-    from smolforge.tasks.train.data import CorpusSources
+class DistillInputs(StageInputs):
+    corpus: ArtifactRef
+    teacher: ArtifactRef
+    topk: ArtifactRef | None = None  # the teacher's stored top-k log-probabilities, when `top_k` is set
+    sizes: dict[str, int]  # teacher_parameters, student_parameters (checked: the student is smaller)
 
+
+class DistillResult(StageResult):
+    model: ArtifactRef
+    inputs: DistillInputs
+    metrics: dict[str, Any]
+    teacher_parameters: int
+    student_parameters: int
+    registered: Registered
+
+
+def distill_inputs(config: PipelineConfig, upstream: PipelineResult | None, parent_run_id: str | None) -> DistillInputs:
+    """The corpus, the teacher (`distill.teacher`, else the pipeline's pretrained model, pretrained
+    here when run alone) and, when the config asks for one, the teacher's top-k store. Refuses a
+    data plan the corpus cannot give, and a teacher whose tokenizer or size does not fit, before
+    the teacher runs."""
     cfg = config.distill
     if cfg is None:
         raise ConfigError("the distill flow needs a `distill` section in the config")
-    runtime = stage_runtime(config, parent_run_id)
+    corpus = corpus_of(config, upstream, parent_run_id)
     sources = CorpusSources.from_corpus_json(corpus.path / "corpus.json")
     try:
-        plan = plan_for(cfg, sources)
+        plan_for(cfg, sources)
     except ValueError as exc:
         raise ConfigError(f"distill: {exc}") from None
-    teacher_ref = resolve(cfg.teacher, teacher, runtime, "distill.teacher")
-    sizes = check_teacher(model_folder(teacher_ref.path), load_tokenizer(sources.tokenizer), sources.tokenizer, cfg.student)
-    print(plan.describe())
-    print(f"teacher {teacher_ref.kind}:{teacher_ref.key[:12]} with {sizes['teacher_parameters']:,} parameters -> "
-          f"student with {sizes['student_parameters']:,}")
-
+    pretrained = None
+    if cfg.teacher is None:
+        done = upstream.get("pretrain") if upstream is not None else None
+        pretrained = done.model if done is not None else pretrain(config, upstream, parent_run_id).model
+    runtime = config.runtime(parent_run_id)
+    teacher = resolve(cfg.teacher, pretrained, runtime, "distill.teacher")
+    sizes = check_teacher(model_folder(teacher.path), load_tokenizer(sources.tokenizer), sources.tokenizer, cfg.student)
     topk = None
     if cfg.top_k is not None and cfg.alpha > 0:
         topk = teacher_topk(
-            teacher_ref, corpus, cfg.data, cfg.batch_size, cfg.grad_accum, cfg.max_epochs, cfg.seed, cfg.top_k,
+            teacher, corpus, cfg.data, cfg.batch_size, cfg.grad_accum, cfg.max_epochs, cfg.seed, cfg.top_k,
             cfg.device, runtime,
         )
+    return DistillInputs(corpus=corpus, teacher=teacher, topk=topk, sizes=sizes)
+
+
+@flow(name="distill", log_prints=True)
+def distill(config: PipelineConfig, upstream: PipelineResult | None = None, parent_run_id: str | None = None) -> DistillResult:
+    """Distil `distill.teacher` (or, when that is unset, the pipeline's pretrained model) into
+    `distill.student` on the corpus."""
+    inputs = distill_inputs(config, upstream, parent_run_id)
+    cfg, runtime = config.distill, config.runtime(parent_run_id)
+    sizes = inputs.sizes
+    print(plan_for(cfg, CorpusSources.from_corpus_json(inputs.corpus.path / "corpus.json")).describe())
+    print(f"teacher {inputs.teacher.kind}:{inputs.teacher.key[:12]} with {sizes['teacher_parameters']:,} parameters -> "
+          f"student with {sizes['student_parameters']:,}")
     # the teacher counts by its artifact's key, not by the name it was given
     keyed = cfg.model_copy(update={"teacher": None})
-    student = distill_stage(corpus, teacher_ref, topk, keyed, runtime)
+    student = distill_stage(inputs.corpus, inputs.teacher, inputs.topk, keyed, runtime)
     lineage = {
-        "smolforge.teacher_key": teacher_ref.key,
-        "smolforge.corpus_key": corpus.key,
+        "smolforge.teacher_key": inputs.teacher.key,
+        "smolforge.corpus_key": inputs.corpus.key,
         "smolforge.config_key": stable_hash(keyed.model_dump(mode="json")),
     }
-    registered = register_model(student, cfg.register_as, lineage, runtime.experiment, parent_run_id)
-    return {
-        "model": student.model_dump(),
-        "teacher": teacher_ref.model_dump(),
-        "topk": topk.model_dump() if topk else None,
-        "metrics": student.manifest()["metrics"],
-        **sizes,
-        "registered": registered,
-    }
+    registered = register_model(student, cfg.register_as, lineage)
+    metrics = student.manifest()["metrics"]
+    return DistillResult(
+        model=student, inputs=inputs, metrics=metrics, registered=Registered(**registered),
+        mlflow_run_id=metrics.get("mlflow_run_id"), seconds=metrics.get("seconds", 0.0), **sizes,
+    )

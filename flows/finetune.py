@@ -15,23 +15,40 @@ from typing import Any
 from prefect import flow
 
 from smolforge.artifacts import ArtifactRef, file_hash, stable_hash
-from smolforge.config import ConfigError, PipelineConfig
 from smolforge.environment import project_home
-from smolforge.flows.curate import data_dir_of, sample_corpus_task, stage_runtime
-from smolforge.registry import register_model
+from smolforge.errors import ConfigError
+from smolforge.flows.config import PipelineConfig
+from smolforge.flows.pretrain import pretrain
+from smolforge.flows.results import PipelineResult, Registered, StageInputs, StageResult
+from smolforge.model_source import resolve
+from smolforge.tasks.curate.prefect_tasks import sample_corpus_task
+from smolforge.tasks.finetune.adapters import check_against_model
+from smolforge.tasks.finetune.data import DatasetError, check_files, resolve_files
+from smolforge.tasks.finetune.prefect_tasks import finetune_stage, quantize_stage
+from smolforge.tasks.registry.register import register_model
+
+
+class FinetuneInputs(StageInputs):
+    base: ArtifactRef
+    quantized: ArtifactRef | None = None  # qlora: the base quantised once to 4 bits
+    data: dict[str, str]  # the JSONL files (path -> content hash), checked
+
+
+class FinetuneResult(StageResult):
+    model: ArtifactRef
+    inputs: FinetuneInputs
+    metrics: dict[str, Any]
+    registered: Registered
 
 
 def data_files(config: PipelineConfig, home: Path) -> list[Path]:
     """The JSONL files `finetune.data` names, each checked; relative paths resolve against
     `finetune.data_dir`, else the curate data folder (built first when it is the sample corpus)."""
-    from smolforge.tasks.finetune.data import DatasetError, check_files, resolve_files
-
     cfg = config.finetune
-    assert cfg is not None
     if cfg.data_dir is not None:
         root = Path(cfg.data_dir).expanduser().resolve()
     else:
-        root = data_dir_of(config.curate, home)
+        root = config.curate.data_folder(home)
         if config.curate.data_dir is None and config.curate.sample_corpus is not None:
             sample_corpus_task(str(root), config.curate.sample_corpus.scale)
     try:
@@ -42,33 +59,41 @@ def data_files(config: PipelineConfig, home: Path) -> list[Path]:
     return files
 
 
-@flow(name="finetune", log_prints=True)
-def finetune(config: PipelineConfig, base: ArtifactRef | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Fine-tune `config.finetune.base` (or, when that is unset, `base`, the pipeline's pretrained
-    model) and register the result."""
-    from smolforge.model_source import resolve
-    from smolforge.tasks.finetune.adapters import check_against_model
-    from smolforge.tasks.finetune.prefect_tasks import finetune_stage, quantize_stage
-
+def finetune_inputs(config: PipelineConfig, upstream: PipelineResult | None, parent_run_id: str | None) -> FinetuneInputs:
+    """The data files, the base (`finetune.base`, else the pipeline's pretrained model, pretrained
+    here when run alone) checked against the settings, and for qlora its cached 4-bit copy."""
     cfg = config.finetune
     if cfg is None:
         raise ConfigError("the finetune flow needs a `finetune` section in the config")
-    home = project_home()
-    runtime = stage_runtime(config, parent_run_id)
-    files = data_files(config, home)
-    base_ref = resolve(cfg.base, base, runtime, "finetune.base")
-    targets = check_against_model(cfg, base_ref.path)
+    files = data_files(config, project_home())
+    pretrained = None
+    if cfg.base is None:
+        done = upstream.get("pretrain") if upstream is not None else None
+        pretrained = done.model if done is not None else pretrain(config, upstream, parent_run_id).model
+    runtime = config.runtime(parent_run_id)
+    base = resolve(cfg.base, pretrained, runtime, "finetune.base")
+    targets = check_against_model(cfg, base.path)
     adapters = f"rank {cfg.lora.r} adapters on {len(targets)} layers" if cfg.method != "full" else "every weight"
-    print(f"finetune ({cfg.method}): {adapters} of base {base_ref.kind}:{base_ref.key[:12]}, {len(files)} data files")
+    print(f"finetune ({cfg.method}): {adapters} of base {base.kind}:{base.key[:12]}, {len(files)} data files")
+    quantized = quantize_stage(base, cfg.qlora, runtime) if cfg.method == "qlora" else None
+    return FinetuneInputs(base=base, quantized=quantized, data={str(f): file_hash(f) for f in files})
 
-    quantized = quantize_stage(base_ref, cfg.qlora, runtime) if cfg.method == "qlora" else None
-    tuned = finetune_stage(base_ref, {str(f): file_hash(f) for f in files}, cfg, runtime, quantized)
+
+@flow(name="finetune", log_prints=True)
+def finetune(config: PipelineConfig, upstream: PipelineResult | None = None, parent_run_id: str | None = None) -> FinetuneResult:
+    """Fine-tune `finetune.base` (or, when that is unset, the pipeline's pretrained model) and
+    register the result."""
+    inputs = finetune_inputs(config, upstream, parent_run_id)
+    cfg = config.finetune
+    tuned = finetune_stage(inputs.base, inputs.data, cfg, config.runtime(parent_run_id), inputs.quantized)
     metrics = tuned.manifest()["metrics"]
     lineage = {
-        "smolforge.base_key": base_ref.key,
+        "smolforge.base_key": inputs.base.key,
         "smolforge.finetune_method": cfg.method,
         "smolforge.config_key": stable_hash(cfg.model_dump(mode="json")),
     }
-    registered = register_model(tuned, cfg.register_as, lineage, runtime.experiment, parent_run_id)
-    return {"model": tuned.model_dump(), "base": base_ref.model_dump(), "metrics": metrics, "registered": registered,
-            "mlflow_run_id": metrics.get("mlflow_run_id"), "quantized": quantized.model_dump() if quantized else None}
+    registered = register_model(tuned, cfg.register_as, lineage)
+    return FinetuneResult(
+        model=tuned, inputs=inputs, metrics=metrics, registered=Registered(**registered),
+        mlflow_run_id=metrics.get("mlflow_run_id"), seconds=metrics.get("seconds", 0.0),
+    )

@@ -1,40 +1,41 @@
-"""The end-to-end pipeline flow: curate, then (each when configured) pretrain, distill, finetune, sweep."""
+"""The end-to-end pipeline flow: every stage of the composition (`flows.config.STAGES`) in order,
+each when its section is set, each handed the results of the stages before it."""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import time
 
 from prefect import flow
 
 from smolforge import tracking
-from smolforge.artifacts import ArtifactRef
-from smolforge.config import PipelineConfig
-from smolforge.flows.curate import curate
-from smolforge.flows.distill import distill
-from smolforge.flows.finetune import finetune
-from smolforge.flows.pretrain import pretrain
-from smolforge.flows.sweep import pipeline_upstream, sweep
+from smolforge.flows.config import STAGES, PipelineConfig, Stage
+from smolforge.flows.results import PipelineResult
+from smolforge.flows.sweep_objectives import check_sweep
 from smolforge.runners import task_runner_for
-from smolforge.tasks.sweep.space import check_sweep
+
+
+def stage_flow(stage: Stage):
+    """The flow function a stage names in the composition."""
+    module, name = stage.flow.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(config: PipelineConfig) -> dict[str, Any]:
+def pipeline(config: PipelineConfig) -> PipelineResult:
     """One MLflow parent run (tagged with this flow run), a child run per stage."""
     if config.sweep is not None:  # a bad search space fails here, before any stage runs
         check_sweep(config)
+    started = time.perf_counter()
     with tracking.run("pipeline", config.tracking.experiment, tags={"smolforge.preset": config.preset or ""}) as parent:
         tracking.log_params({"preset": config.preset, "execution": config.execution.model_dump()})
-        curated = curate.with_options(task_runner=task_runner_for(config.execution))(config, parent.info.run_id)
-        result = {"mlflow_run_id": parent.info.run_id, "curate": curated}
-        if config.pretrain is not None:
-            result["pretrain"] = pretrain(config, ArtifactRef(**curated["corpus"]), parent.info.run_id)
-        if config.distill is not None:
-            teacher = ArtifactRef(**result["pretrain"]["model"]) if "pretrain" in result else None
-            result["distill"] = distill(config, ArtifactRef(**curated["corpus"]), teacher, parent.info.run_id)
-        if config.finetune is not None:
-            base = ArtifactRef(**result["pretrain"]["model"]) if "pretrain" in result else None
-            result["finetune"] = finetune(config, base, parent.info.run_id)
-        if config.sweep is not None:  # after the stage it sweeps, on the artifacts that stage trained from
-            result["sweep"] = sweep(config, pipeline_upstream(config.sweep.stage, result), parent.info.run_id)
+        result = PipelineResult(mlflow_run_id=parent.info.run_id)
+        for stage in STAGES:
+            if getattr(config, stage.name) is None:
+                continue
+            run = stage_flow(stage)
+            if stage.name == "curate":  # the per-document steps fan out on the configured task runner
+                run = run.with_options(task_runner=task_runner_for(config.execution))
+            result.stages[stage.name] = run(config, result, parent.info.run_id)
+        result.seconds = round(time.perf_counter() - started, 1)
         return result

@@ -11,33 +11,164 @@ come from the cache when the pipeline already made them.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
 from smolforge import tracking
-from smolforge.artifacts import ArtifactRef
-from smolforge.config import ConfigError, PipelineConfig
+from smolforge.artifacts import ArtifactRef, stable_hash
 from smolforge.environment import project_home
-from smolforge.flows.curate import stage_runtime
-from smolforge.steps import Runtime
-from smolforge.tasks.sweep.objectives import OBJECTIVES
+from smolforge.errors import ConfigError
+from smolforge.flows.config import PipelineConfig
+from smolforge.flows.results import PipelineResult, StageResult
+from smolforge.flows.sweep_objectives import OBJECTIVES, TrialWork, check_sweep, study_name, timed, trial_config
+from smolforge.runtime import Runtime
 from smolforge.tasks.sweep.report import close_abandoned_runs, keep_best, log_report
-from smolforge.tasks.sweep.space import check_sweep
 from smolforge.tasks.sweep.study import (
+    KIND,
+    TrialFailed,
     counts_as_finished,
     default_storage,
     new_worker_id,
     open_study,
     public_url,
-    study_name,
-    sweep_trial,
-    trial_config,
+    suggest,
+    task_seed,
 )
+
+
+class SweepResult(StageResult):
+    """The study's summary (counts, best trial, kept models) and this run's own trials."""
+
+    study: str
+    storage: str
+    stage: str
+    trials: int
+    complete: int
+    pruned: int
+    fail: int
+    best_trial: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] | None = None
+    kept: list[dict[str, Any]]
+    plots: list[str]
+    skipped_plots: dict[str, str]
+    this_run: list[dict[str, Any]]
+    timings: dict[str, float]
+
+
+class _TrialRun:
+    """The trial's MLflow child run; ends FINISHED, KILLED (pruned) or FAILED."""
+
+    def __init__(self, name: str, experiment: str, parent_run_id: str | None, tags: dict[str, str]):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.run = tracking.start(name, experiment, parent_run_id, {"smolforge.stage": "sweep-trial", **tags})
+
+    def end(self, state: TrialState) -> None:
+        self.mlflow.set_tag("optuna.state", state.name)
+        status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}.get(state, "FAILED")
+        self.mlflow.end_run(status=status)
+
+
+def _objective(
+    config: PipelineConfig, upstream: dict[str, ArtifactRef], runtime: Runtime, study: str, worker: str, record: dict
+):
+    """The function Optuna calls for the trial: settings, training, a model artifact, MLflow."""
+    cfg = config.sweep
+    objective = OBJECTIVES[cfg.stage]
+    store = runtime.store
+
+    def run(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker)
+        values = suggest(trial, cfg.space)
+        record.update(number=trial.number, params=values)
+        tags = {"optuna.study": study, "optuna.trial": str(trial.number)}
+        mlrun = _TrialRun(f"trial-{trial.number}", runtime.experiment, runtime.parent_run_id, tags)
+        trial.set_user_attr("mlflow_run_id", mlrun.run.info.run_id)
+        tracking.log_params(values)
+
+        def on_eval(step: int, val_loss: float) -> None:
+            mlrun.mlflow.log_metric("val_loss", val_loss, step=step)
+            trial.report(val_loss, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val_loss {val_loss:.4f} at step {step} is worse than the pruner allows")
+
+        key = stable_hash({"study": study, "trial": trial.number, "params": values})
+        try:
+            try:
+                trial_cfg = trial_config(config, values)
+            except ConfigError as exc:  # values each valid, together not (e.g. heads that do not divide the width)
+                raise TrialFailed(str(exc)) from None
+            scratch = Path(tempfile.mkdtemp(prefix=f"trial-{trial.number}-", dir=_scratch_root(runtime)))
+            try:
+                with store.write(KIND, key, step="sweep_trial", inputs=list(upstream.values()), config={
+                    "study": study, "trial": trial.number, "params": values,
+                }) as (out, metrics):
+                    result = timed(objective.train, TrialWork(trial_cfg, upstream, out, scratch, on_eval))
+                    metrics.update(result)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        except optuna.TrialPruned:
+            mlrun.end(TrialState.PRUNED)
+            record.update(state="PRUNED")
+            raise
+        except TrialFailed as exc:
+            trial.set_user_attr("failure", str(exc))
+            mlrun.mlflow.set_tag("optuna.failure", str(exc)[:5000])
+            mlrun.end(TrialState.FAIL)
+            record.update(state="FAIL")
+            raise
+        except BaseException:
+            mlrun.end(TrialState.FAIL)
+            record.update(state="FAIL")
+            raise
+        trial.set_user_attr("artifact_key", key)
+        trial.set_user_attr("train_seconds", result["train_seconds"])
+        mlrun.mlflow.log_metrics({"value": result["value"], "train_seconds": result["train_seconds"]})
+        mlrun.end(TrialState.COMPLETE)
+        record.update(state="COMPLETE", value=result["value"], train_seconds=result["train_seconds"], artifact=key)
+        return float(result["value"])
+
+    return run
+
+
+def _scratch_root(runtime: Runtime) -> Path:
+    root = Path(runtime.root) / ".work" / "sweep"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@task(name="sweep-trial", cache_policy=NO_CACHE, tags=["gpu"])
+def sweep_trial(
+    config: PipelineConfig,
+    upstream: dict[str, ArtifactRef],
+    storage_url: str,
+    study: str,
+    runtime: Runtime,
+    worker: str,
+    ordinal: int,
+) -> dict[str, Any]:
+    """Run one trial of the study to its end (complete, pruned or failed) and describe it. Its wall
+    time, against the training time measured inside, is the sweep's overhead per trial."""
+    started = time.perf_counter()
+    record: dict[str, Any] = {"state": "NONE"}
+    loaded = open_study(config.sweep, storage_url, study, seed=task_seed(config.sweep, worker, ordinal))
+    loaded.optimize(
+        _objective(config, upstream, runtime, study, worker, record), n_trials=1, catch=(TrialFailed,),
+        gc_after_trial=True,
+    )
+    record["wall_seconds"] = time.perf_counter() - started
+    return record
 
 
 def _run_trials(
@@ -70,33 +201,17 @@ def _run_trials(
             print(f"trial {r.get('number')}: {r['state']} value={r.get('value')} in {r['wall_seconds']:.1f} s")
 
 
-def pipeline_upstream(stage: str, result: dict[str, Any]) -> dict[str, ArtifactRef]:
-    """The artifacts the pipeline's run of `stage` trained from, by the roles its objective names."""
-    refs: dict[str, Any] = {}
-    if stage in ("pretrain", "distill"):
-        refs["corpus"] = result["curate"]["corpus"]
-    if stage == "distill":
-        refs["teacher"] = result["distill"]["teacher"]
-        if result["distill"].get("topk"):
-            refs["topk"] = result["distill"]["topk"]
-    if stage == "finetune":
-        refs["base"] = result["finetune"]["base"]
-        if result["finetune"].get("quantized"):
-            refs["quantized"] = result["finetune"]["quantized"]
-    return {role: ArtifactRef(**ref) if isinstance(ref, dict) else ref for role, ref in refs.items()}
-
-
 @flow(name="sweep", log_prints=True)
-def sweep(
-    config: PipelineConfig, upstream: dict[str, ArtifactRef] | None = None, parent_run_id: str | None = None
-) -> dict[str, Any]:
-    """Optimise `config.sweep.stage`'s validation loss over `config.sweep.space`; `upstream` holds
-    the artifacts the stage trains from (the pipeline passes them; otherwise they are produced)."""
+def sweep(config: PipelineConfig, upstream: PipelineResult | None = None, parent_run_id: str | None = None) -> SweepResult:
+    """Optimise `config.sweep.stage`'s validation loss over `config.sweep.space`, on the artifacts
+    the swept stage trained from in the pipeline (`upstream`), or, run alone, on the ones its flow
+    would train from (produced, or taken from the cache)."""
     check_sweep(config)
     cfg = config.sweep
     objective = OBJECTIVES[cfg.stage]
-    if upstream is None:
-        upstream = objective.upstream(config, parent_run_id)
+    swept = upstream.get(cfg.stage) if upstream is not None else None
+    refs = swept.inputs.refs() if swept is not None else objective.upstream(config, parent_run_id)
+    upstream = refs
     missing = [role for role in objective.needs if role not in upstream]
     if missing:
         raise ConfigError(f"a {cfg.stage} sweep needs the upstream artifacts {missing}; got {sorted(upstream)}")
@@ -121,20 +236,20 @@ def sweep(
                 "upstream": {role: ref.key for role, ref in upstream.items()},
             }
         )
-        runtime = stage_runtime(config, run.info.run_id)
+        runtime = config.runtime(run.info.run_id)
         started = time.perf_counter()
         records = _run_trials(config, upstream, url, name, study, runtime)
         trials_done = time.perf_counter()
         close_abandoned_runs(study)
         kept = keep_best(study, cfg.keep, runtime.store)
         summary = log_report(study, kept)
-    return {
+    return SweepResult(
         **summary,
-        "study": name,
-        "storage": public_url(url),
-        "stage": cfg.stage,
-        "this_run": records,
-        "seconds": round(time.perf_counter() - started, 1),
-        "timings": {"trials": trials_done - started, "report": time.perf_counter() - trials_done},
-        "mlflow_run_id": run.info.run_id,
-    }
+        study=name,
+        storage=public_url(url),
+        stage=cfg.stage,
+        this_run=records,
+        seconds=round(time.perf_counter() - started, 1),
+        timings={"trials": trials_done - started, "report": time.perf_counter() - trials_done},
+        mlflow_run_id=run.info.run_id,
+    )

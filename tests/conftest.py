@@ -28,7 +28,7 @@ def session_home() -> Path:
 @pytest.fixture(scope="session")
 def sample_corpus(session_home) -> Path:
     """The scale-1 sample corpus, built once per session where the tiny preset looks for it."""
-    from smolforge.sample_corpus import build_sample_corpus
+    from smolforge.tasks.curate.sample_corpus import build_sample_corpus
 
     dest = session_home / "sample-corpus-1"
     build_sample_corpus(dest, scale=1)
@@ -41,7 +41,7 @@ def tiny_pipeline(sample_corpus) -> dict:
     The flow tests of every stage read this one result instead of each module running its own
     variant, which cost a further pipeline run even when every stage was cached (Prefect and MLflow
     bookkeeping, a hash check of every artifact). A stage first trained here is this run's child."""
-    from smolforge.config import load_config
+    from smolforge.flows.config import load_config
     from smolforge.flows.pipeline import pipeline
 
     return pipeline(load_config("tiny"))

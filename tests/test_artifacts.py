@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from smolforge.artifacts import ArtifactStore
-from smolforge.steps import Runtime, artifact_step
+from smolforge.runtime import Runtime
+from smolforge.steps import artifact_step
 
 CALLS: list[str] = []
 

@@ -2,7 +2,9 @@
 
 import pytest
 
-from smolforge.config import ConfigError, apply_override, available_presets, load_config
+from smolforge.errors import ConfigError
+from smolforge.flows.config import available_presets, load_config
+from smolforge.settings import apply_override
 
 
 def test_tiny_preset_loads_with_fineweb_defaults():

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from smolforge.artifacts import ArtifactStore
-from smolforge.config import ConfigError, load_config
+from smolforge.errors import ConfigError
+from smolforge.flows.config import load_config
 from smolforge.flows.pipeline import pipeline
 from smolforge.tasks.curate.documents import read_docs
 from smolforge.tasks.curate.pack import open_split

@@ -2,7 +2,7 @@
 
 import pytest
 
-from smolforge.config import load_config
+from smolforge.flows.config import load_config
 from smolforge.flows.curate import curate
 from smolforge.runners import task_runner_for
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from train_fixtures import WORDS, build_corpus
 
-from smolforge.config import ConfigError, load_config
+from smolforge.errors import ConfigError
+from smolforge.flows.config import load_config
 from smolforge.model_source import ModelSourceError, locate
 from smolforge.models.architecture import build_model
 from smolforge.models.config import ModelConfig

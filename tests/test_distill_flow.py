@@ -8,8 +8,9 @@ import mlflow
 import pytest
 
 from smolforge.artifacts import ArtifactRef, ArtifactStore
-from smolforge.config import ConfigError, load_config
 from smolforge.environment import project_home
+from smolforge.errors import ConfigError
+from smolforge.flows.config import load_config
 from smolforge.flows.curate import runtime_for
 from smolforge.flows.distill import distill
 from smolforge.flows.pipeline import pipeline

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from smolforge.config import ConfigError
+from smolforge.errors import ConfigError
 from smolforge.models.architecture import build_model
 from smolforge.models.config import ModelShape
 from smolforge.tasks.curate.tokenizer import load_tokenizer, train_tokenizer

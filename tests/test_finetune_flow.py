@@ -11,7 +11,8 @@ import mlflow
 import pytest
 
 from smolforge.artifacts import ArtifactRef, ArtifactStore
-from smolforge.config import ConfigError, load_config
+from smolforge.errors import ConfigError
+from smolforge.flows.config import load_config
 from smolforge.flows.finetune import finetune
 from smolforge.flows.pipeline import pipeline
 

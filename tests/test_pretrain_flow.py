@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from smolforge.artifacts import ArtifactStore
-from smolforge.config import ConfigError, load_config
+from smolforge.errors import ConfigError
+from smolforge.flows.config import load_config
 from smolforge.flows.pipeline import pipeline
 from smolforge.tasks.curate.pack import open_split
 

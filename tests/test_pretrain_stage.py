@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 from train_fixtures import build_corpus
 
-from smolforge.config import PretrainSection
 from smolforge.tasks.curate.pack import read_meta
+from smolforge.tasks.train.config import PretrainSection
 from smolforge.tasks.train.data import CorpusSources
 from smolforge.tasks.train.prefect_tasks import stage_inputs
 from smolforge.tasks.train.stage import StageSpec, launch, run_stage

@@ -2,7 +2,7 @@
 
 import pytest
 
-from smolforge.config import QualityConfig
+from smolforge.tasks.curate.config import QualityConfig
 from smolforge.tasks.curate.documents import Doc
 from smolforge.tasks.curate.quality import STOP_WORDS, filter_quality
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from smolforge import sample_corpus as sc
-from smolforge.sample_corpus import MARKER, SampleCorpusError, build_sample_corpus
+from smolforge.tasks.curate.sample_corpus import MARKER, SampleCorpusError, build_sample_corpus
 
 FOLDERS = ["html", "instruct", "jsonl", "pdf", "text", "warc"]
 
@@ -179,7 +179,7 @@ def test_same_bytes_from_another_process(built, tmp_path):
     dest, summary = built
     other = tmp_path / "again"
     code = (
-        "import sys; from pathlib import Path; from smolforge.sample_corpus import build_sample_corpus; "
+        "import sys; from pathlib import Path; from smolforge.tasks.curate.sample_corpus import build_sample_corpus; "
         "build_sample_corpus(Path(sys.argv[1]))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from smolforge import tracking
 from smolforge.artifacts import ArtifactStore
-from smolforge.config import load_config
+from smolforge.flows.config import load_config
 from smolforge.flows.pipeline import pipeline
 from smolforge.flows.sweep import pipeline_upstream, sweep
 from smolforge.tasks.sweep.study import (

@@ -2,7 +2,9 @@
 
 import pytest
 
-from smolforge.config import ConfigError, apply_override, load_config
+from smolforge.errors import ConfigError
+from smolforge.flows.config import load_config
+from smolforge.settings import apply_override
 from smolforge.tasks.sweep.objectives import OBJECTIVES
 from smolforge.tasks.sweep.space import (
     Choice,

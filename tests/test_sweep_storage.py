@@ -5,7 +5,7 @@ from collections import Counter
 
 import optuna
 
-from smolforge.config import load_config
+from smolforge.flows.config import load_config
 from smolforge.tasks.sweep.study import default_storage, open_study
 
 SWEEP = "{stage: pretrain, trials: 4, space: {pretrain.optimizer.lr: float 1e-5..3e-2 log}}"

@@ -15,11 +15,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from prefect import task
 from pydantic import BaseModel, Field
 
 from smolforge.artifacts import ArtifactRef, file_hash, stable_hash
-from smolforge.config import (
-    ConfigError,
+from smolforge.errors import ConfigError
+from smolforge.parallel import run_cpu
+from smolforge.runtime import Runtime
+from smolforge.steps import artifact_step
+from smolforge.tasks.curate import dedup, extract, langid, pack, pii, quality, stats, tokenizer
+from smolforge.tasks.curate.config import (
     DedupConfig,
     ExtractConfig,
     LanguageConfig,
@@ -29,9 +34,6 @@ from smolforge.config import (
     SourceConfig,
     TokenizerConfig,
 )
-from smolforge.parallel import run_cpu
-from smolforge.steps import Runtime, artifact_step
-from smolforge.tasks.curate import dedup, extract, langid, pack, pii, quality, stats, tokenizer
 from smolforge.tasks.curate.documents import (
     StepResult,
     read_docs,
@@ -39,6 +41,7 @@ from smolforge.tasks.curate.documents import (
     write_docs,
     write_drops,
 )
+from smolforge.tasks.curate.sample_corpus import build_sample_corpus
 
 DOCS, DROPS = "docs.parquet", "drops.parquet"
 
@@ -246,3 +249,9 @@ def corpus_task(
     }
     (out / "corpus.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     return {"documents": rows[-1]["docs_out"] if rows else 0, "tokens": tokens, "dropped": len(drops)}
+
+
+@task(name="sample-corpus")
+def sample_corpus_task(dest: str, scale: int) -> dict[str, Any]:
+    """Assemble the offline sample corpus (idempotent: an existing complete copy is reused)."""
+    return build_sample_corpus(Path(dest), scale=scale)

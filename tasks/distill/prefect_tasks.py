@@ -15,7 +15,8 @@ from smolforge import tracking
 from smolforge.artifacts import ArtifactRef
 from smolforge.device import pick_device
 from smolforge.model_source import model_folder
-from smolforge.steps import Runtime, artifact_step
+from smolforge.runtime import Runtime
+from smolforge.steps import artifact_step
 from smolforge.tasks.distill.config import DistillConfig
 from smolforge.tasks.distill.teacher import load_teacher, write_topk
 from smolforge.tasks.distill.train import distill_student, plan_for

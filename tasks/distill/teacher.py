@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smolforge.config import ConfigError
+from smolforge.errors import ConfigError
 from smolforge.models.config import ModelConfig
 from smolforge.models.masking import packed_attention_inputs
 from smolforge.tasks.train.data import StagePlan, step_batches

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from smolforge.config import ConfigError
+from smolforge.errors import ConfigError
 from smolforge.model_source import model_folder
 from smolforge.tasks.finetune import quantize
 from smolforge.tasks.finetune.config import FinetuneConfig, LoraSettings

@@ -15,7 +15,8 @@ from typing import Any
 
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef
-from smolforge.steps import Runtime, artifact_step
+from smolforge.runtime import Runtime
+from smolforge.steps import artifact_step
 from smolforge.tasks.finetune.config import FinetuneConfig, QuantSettings
 
 _HERE = Path(__file__).parent

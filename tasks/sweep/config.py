@@ -72,15 +72,6 @@ class SweepConfig(Strict):
     def _parse(cls, raw: object) -> object:
         return parse_space(raw)
 
-    @field_validator("stage")
-    @classmethod
-    def _known_stage(cls, stage: str) -> str:
-        from smolforge.tasks.sweep.objectives import OBJECTIVES
-
-        if stage not in OBJECTIVES:
-            raise ValueError(f"no sweep objective {stage!r}; available: {', '.join(sorted(OBJECTIVES))}")
-        return stage
-
     @model_validator(mode="after")
     def _keep_within_trials(self) -> SweepConfig:
         both = sorted(set(self.fixed) & set(self.space))

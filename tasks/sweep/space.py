@@ -23,7 +23,7 @@ import typing
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from smolforge.strict import Strict
 
@@ -174,7 +174,7 @@ def _models_in(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _field_path_problem(model: type[BaseModel], keys: list[str], *, whole_sections: bool = False) -> str | None:
+def field_path_problem(model: type[BaseModel], keys: list[str], *, whole_sections: bool = False) -> str | None:
     """Why `keys` names no setting of `model` (walking nested models, lists and mappings), or None.
     A section (a nested model) counts as a setting only with `whole_sections`."""
     candidates: list[Any] = [model]
@@ -205,62 +205,3 @@ def _field_path_problem(model: type[BaseModel], keys: list[str], *, whole_sectio
     if not whole_sections and any(isinstance(c, type) and issubclass(c, BaseModel) for c in candidates):
         return f"{'.'.join(keys)} is a section, not a setting; name one of its fields"
     return None
-
-
-def check_sweep(config: Any) -> None:
-    """Refuse, before any work, a sweep whose stage is not configured or whose space names a setting
-    the config model does not have, a setting the swept stage's trials would not read, or a value
-    the setting refuses (each range at both bounds, each choice at every value, checked on the full
-    config as a trial will see it)."""
-    from smolforge.config import ConfigError, apply_override, describe_errors
-    from smolforge.tasks.sweep.objectives import OBJECTIVES
-
-    sweep = config.sweep
-    if sweep is None:
-        raise ConfigError("a sweep needs a `sweep` section in the config")
-    if getattr(config, sweep.stage, None) is None:
-        raise ConfigError(
-            f"sweep.stage is {sweep.stage!r} but the config has no `{sweep.stage}` section (it is null): "
-            "configure that stage, or sweep another one"
-        )
-    reads = OBJECTIVES[sweep.stage].reads
-    problems: list[str] = []
-
-    def setting_problem(path: str, whole_sections: bool = False) -> str | None:
-        keys = path.split(".")
-        problem = _field_path_problem(type(config), keys, whole_sections=whole_sections)
-        if problem is None and keys[0] not in reads:
-            instead = f"sweep stage {keys[0]!r} to vary them" if keys[0] in OBJECTIVES else "they are fixed for this sweep"
-            problem = (
-                f"a {sweep.stage} trial does not read {keys[0]}.* settings: trials reuse the upstream artifacts "
-                f"the pipeline produced ({instead}); it reads: {', '.join(reads)}.*"
-            )
-        return problem
-
-    def refused(data: dict[str, Any], path: str, value: Any) -> str | None:
-        try:
-            apply_override(data, f"{path}={render(value)}")
-            type(config).model_validate(data)
-        except ConfigError as exc:
-            return str(exc)
-        except ValidationError as exc:
-            return f"{value!r} is refused: " + describe_errors(exc).split("\n", 1)[1].strip()
-        return None
-
-    base = config.model_dump(mode="json")
-    base["sweep"] = None
-    for path, value in sweep.fixed.items():
-        problem = setting_problem(path, whole_sections=True) or refused(base, path, value)  # applied in place: the trials' base
-        if problem:
-            problems.append(f"sweep.fixed[{path!r}]: {problem}")
-    for path, param in sweep.space.items() if not problems else ():
-        problem = setting_problem(path)
-        for value in [] if problem else param.values_to_check():
-            problem = refused(json.loads(json.dumps(base)), path, value)
-            if problem:
-                problem = f"{param.describe()}: {problem}"
-                break
-        if problem:
-            problems.append(f"sweep.space[{path!r}]: {problem}")
-    if problems:
-        raise ConfigError("invalid sweep:\n  " + "\n  ".join(problems))

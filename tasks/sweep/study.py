@@ -15,9 +15,6 @@ A complete trial's model becomes a `sweep-trial` artifact; the flow later keeps 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-import time
 import uuid
 import warnings
 from pathlib import Path
@@ -25,20 +22,18 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from pydantic import ValidationError
 
-from smolforge import tracking
-from smolforge.artifacts import ArtifactRef, stable_hash
-from smolforge.config import ConfigError, PipelineConfig, apply_override
-from smolforge.config import describe_errors as describe
-from smolforge.steps import Runtime
+from smolforge.artifacts import stable_hash
 from smolforge.tasks.sweep.config import SweepConfig
-from smolforge.tasks.sweep.objectives import OBJECTIVES, TrialFailed, TrialWork, timed
-from smolforge.tasks.sweep.space import Choice, FloatRange, IntRange, render
+from smolforge.tasks.sweep.space import Choice, FloatRange, IntRange
 
 KIND = "sweep-trial"
+
+
+class TrialFailed(RuntimeError):
+    """The trial's settings made training fail in an expected way (it diverged, or its values do
+    not go together): the trial is recorded as failed and counts as finished, the sweep goes on."""
+
 # the heartbeat API is marked experimental in Optuna; the sweep relies on it on purpose
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -115,25 +110,6 @@ def pruner_for(cfg: SweepConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def study_name(config: PipelineConfig, upstream: dict[str, ArtifactRef]) -> str:
-    """Stable across re-runs of the same sweep (so a re-run resumes it) and different when anything
-    that defines a trial changes: the space, the sampler and pruner, the swept sections' settings
-    and the upstream artifacts. The number of trials and the parallelism are left out on purpose:
-    raising `trials` continues the study."""
-    cfg = config.sweep
-    objective = OBJECTIVES[cfg.stage]
-    defining = {
-        "space": {p: v.model_dump() for p, v in cfg.space.items()},
-        "fixed": cfg.fixed,
-        "sampler": cfg.sampler,
-        "pruner": [cfg.pruner, cfg.prune_after_trials, cfg.prune_after_steps],
-        "seed": cfg.seed,
-        "sections": {s: config.model_dump(mode="json").get(s) for s in objective.reads},
-        "upstream": {role: ref.key for role, ref in sorted(upstream.items())},
-    }
-    return cfg.study or f"{cfg.stage}-{stable_hash(defining)[:12]}"
-
-
 def open_study(cfg: SweepConfig, url: str, name: str, seed: int | None = None) -> optuna.Study:
     return optuna.create_study(
         storage=storage_for(cfg, url), study_name=name, sampler=sampler_for(cfg, cfg.seed if seed is None else seed),
@@ -161,125 +137,6 @@ def suggest(trial: optuna.Trial, space: dict[str, IntRange | FloatRange | Choice
         else:
             values[path] = trial.suggest_categorical(path, p.values)
     return values
-
-
-def trial_config(config: PipelineConfig, values: dict[str, Any]) -> PipelineConfig:
-    """The full config as the trial sees it: the sweep's fixed settings and the trial's values
-    applied, no sweep inside it."""
-    data = config.model_dump(mode="json")
-    data["sweep"] = None
-    for path, value in {**config.sweep.fixed, **values}.items():
-        apply_override(data, f"{path}={render(value)}")
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"settings {values}: " + describe(exc)) from None
-
-
-class _TrialRun:
-    """The trial's MLflow child run; ends FINISHED, KILLED (pruned) or FAILED."""
-
-    def __init__(self, name: str, experiment: str, parent_run_id: str | None, tags: dict[str, str]):
-        import mlflow
-
-        self.mlflow = mlflow
-        self.run = tracking.start(name, experiment, parent_run_id, {"smolforge.stage": "sweep-trial", **tags})
-
-    def end(self, state: TrialState) -> None:
-        self.mlflow.set_tag("optuna.state", state.name)
-        status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}.get(state, "FAILED")
-        self.mlflow.end_run(status=status)
-
-
-def _objective(
-    config: PipelineConfig, upstream: dict[str, ArtifactRef], runtime: Runtime, study: str, worker: str, record: dict
-):
-    """The function Optuna calls for the trial: settings, training, a model artifact, MLflow."""
-    cfg = config.sweep
-    objective = OBJECTIVES[cfg.stage]
-    store = runtime.store
-
-    def run(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", worker)
-        values = suggest(trial, cfg.space)
-        record.update(number=trial.number, params=values)
-        tags = {"optuna.study": study, "optuna.trial": str(trial.number)}
-        mlrun = _TrialRun(f"trial-{trial.number}", runtime.experiment, runtime.parent_run_id, tags)
-        trial.set_user_attr("mlflow_run_id", mlrun.run.info.run_id)
-        tracking.log_params(values)
-
-        def on_eval(step: int, val_loss: float) -> None:
-            mlrun.mlflow.log_metric("val_loss", val_loss, step=step)
-            trial.report(val_loss, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val_loss {val_loss:.4f} at step {step} is worse than the pruner allows")
-
-        key = stable_hash({"study": study, "trial": trial.number, "params": values})
-        try:
-            try:
-                trial_cfg = trial_config(config, values)
-            except ConfigError as exc:  # values each valid, together not (e.g. heads that do not divide the width)
-                raise TrialFailed(str(exc)) from None
-            scratch = Path(tempfile.mkdtemp(prefix=f"trial-{trial.number}-", dir=_scratch_root(runtime)))
-            try:
-                with store.write(KIND, key, step="sweep_trial", inputs=list(upstream.values()), config={
-                    "study": study, "trial": trial.number, "params": values,
-                }) as (out, metrics):
-                    result = timed(objective.train, TrialWork(trial_cfg, upstream, out, scratch, on_eval))
-                    metrics.update(result)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-        except optuna.TrialPruned:
-            mlrun.end(TrialState.PRUNED)
-            record.update(state="PRUNED")
-            raise
-        except TrialFailed as exc:
-            trial.set_user_attr("failure", str(exc))
-            mlrun.mlflow.set_tag("optuna.failure", str(exc)[:5000])
-            mlrun.end(TrialState.FAIL)
-            record.update(state="FAIL")
-            raise
-        except BaseException:
-            mlrun.end(TrialState.FAIL)
-            record.update(state="FAIL")
-            raise
-        trial.set_user_attr("artifact_key", key)
-        trial.set_user_attr("train_seconds", result["train_seconds"])
-        mlrun.mlflow.log_metrics({"value": result["value"], "train_seconds": result["train_seconds"]})
-        mlrun.end(TrialState.COMPLETE)
-        record.update(state="COMPLETE", value=result["value"], train_seconds=result["train_seconds"], artifact=key)
-        return float(result["value"])
-
-    return run
-
-
-def _scratch_root(runtime: Runtime) -> Path:
-    root = Path(runtime.root) / ".work" / "sweep"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-@task(name="sweep-trial", cache_policy=NO_CACHE, tags=["gpu"])
-def sweep_trial(
-    config: PipelineConfig,
-    upstream: dict[str, ArtifactRef],
-    storage_url: str,
-    study: str,
-    runtime: Runtime,
-    worker: str,
-    ordinal: int,
-) -> dict[str, Any]:
-    """Run one trial of the study to its end (complete, pruned or failed) and describe it. Its wall
-    time, against the training time measured inside, is the sweep's overhead per trial."""
-    started = time.perf_counter()
-    record: dict[str, Any] = {"state": "NONE"}
-    loaded = open_study(config.sweep, storage_url, study, seed=task_seed(config.sweep, worker, ordinal))
-    loaded.optimize(
-        _objective(config, upstream, runtime, study, worker, record), n_trials=1, catch=(TrialFailed,),
-        gc_after_trial=True,
-    )
-    record["wall_seconds"] = time.perf_counter() - started
-    return record
 
 
 def new_worker_id() -> str:

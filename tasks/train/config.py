@@ -4,8 +4,8 @@ loss-spike handling and checkpoints.
 Torch-free on purpose: configs are validated (and presets listed) before any heavy import, and a
 bad value fails with the field, the value and what was expected before any work starts.
 
-The model, multi-token-prediction and optimizer settings live in `smolforge.models.config`; the
-pipeline config composes them with `PretrainConfig`.
+The model, multi-token-prediction and optimizer settings live in `smolforge.models.config`;
+`PretrainSection` (the `pretrain` section of the pipeline config) composes them with `PretrainConfig`.
 
 Units used below: a *step* is one optimizer update; a *sequence* is one row of `seq_len` input
 tokens; a step sees `batch_size * grad_accum` sequences, that is
@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from smolforge.models.config import ModelConfig, MTPConfig, OptimizerConfig
 from smolforge.strict import Strict, require_unique
 
 
@@ -218,3 +219,16 @@ class PretrainConfig(Strict):
     @property
     def sequences_per_step(self) -> int:
         return self.batch_size * self.grad_accum
+
+
+class PretrainSection(PretrainConfig):
+    """Three-stage pretraining (SmolLM3 style): the stages and their loop settings, plus the model,
+    the multi-token-prediction heads, the optimizer and the registry name of the result."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    mtp: MTPConfig = Field(default_factory=MTPConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    register_as: str = Field("smolforge-base", min_length=1, description="Registered model name in MLflow.")
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["The river", "Le roi", "def main"], description="Prompts whose continuations are logged."
+    )

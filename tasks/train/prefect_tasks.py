@@ -8,14 +8,16 @@ the step's work folder, so a killed stage resumes where it stopped when the task
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef
-from smolforge.config import PretrainSection
-from smolforge.steps import Runtime, artifact_step
-from smolforge.tasks.train.data import CorpusSources, plan_stages
+from smolforge.runtime import Runtime
+from smolforge.steps import artifact_step
+from smolforge.tasks.train.config import PretrainSection
+from smolforge.tasks.train.data import CorpusSources, StagePlan, plan_stages
 from smolforge.tasks.train.schedule import StageSchedule
 from smolforge.tasks.train.stage import StageSpec, launch, run_stage
 
@@ -23,22 +25,31 @@ _HERE = Path(__file__).parent
 _MODELS = _HERE.parent.parent / "models"
 
 
-def stage_inputs(config: PretrainSection, sources: CorpusSources) -> list[dict[str, Any]]:
-    """Per stage: its config prefix (stages up to it) and its learning-rate multipliers. Planning
-    all stages here also refuses impossible mixtures and budgets before any training starts."""
+@dataclass(frozen=True)
+class PlannedStage:
+    """What one stage's task is keyed by: its config prefix (the stages up to it), the learning-rate
+    multipliers it will use and its first global step; `plan` is its data plan, for display."""
+
+    config: PretrainSection
+    rates: list[float]
+    start: int
+    plan: StagePlan
+
+
+def plan_pretraining(config: PretrainSection, sources: CorpusSources) -> list[PlannedStage]:
+    """Every stage planned at once, so one schedule spans them; planning all stages here also
+    refuses impossible mixtures and budgets before any training starts."""
     plans = plan_stages(config, sources)
     schedule = StageSchedule.from_plans(plans, config.schedule)
-    out = []
-    for i, r in enumerate(schedule.ranges):
-        out.append(
-            {
-                "config": config.model_copy(update={"stages": config.stages[: i + 1]}),
-                "rates": [round(schedule.multiplier(g), 12) for g in range(r.start, r.stop)],
-                "start": r.start,
-                "plan": plans[i],
-            }
+    return [
+        PlannedStage(
+            config=config.model_copy(update={"stages": config.stages[: i + 1]}),
+            rates=[round(schedule.multiplier(g), 12) for g in range(r.start, r.stop)],
+            start=r.start,
+            plan=plans[i],
         )
-    return out
+        for i, r in enumerate(schedule.ranges)
+    ]
 
 
 @artifact_step(

@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from smolforge.config import PretrainSection
 from smolforge.device import autocast_dtype, measure_peak_flops, pick_device
 from smolforge.models.architecture import build_model, check_vocab, count_parameters, flops_per_token, tokenizer_ids
 from smolforge.models.mtp import MTPHeads
 from smolforge.models.optim import build_optimizer
 from smolforge.tasks.curate.tokenizer import load_tokenizer
 from smolforge.tasks.train import checkpoint as ckpt
+from smolforge.tasks.train.config import PretrainSection
 from smolforge.tasks.train.data import CorpusSources, plan_stages, val_batches
 from smolforge.tasks.train.distributed import SINGLE, World, barrier, init_from_env
 from smolforge.tasks.train.loop import StageRun, evaluate, train_stage

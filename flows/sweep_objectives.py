@@ -1,36 +1,49 @@
-"""What a sweep can optimise: one registry of objectives keyed by stage name.
+"""What a sweep can optimise: one registry of objectives keyed by stage name, and the checks and
+settings that tie a sweep to the pipeline config.
 
 An objective runs one stage's training for a trial, with the trial's settings applied to the full
-pipeline config, on the upstream artifacts the pipeline produced (the corpus, a base model), and
-returns the final validation loss to minimise. Its training calls `on_eval(step, val_loss)` after
-every evaluation; the sweep reports those values to Optuna's pruner there, and a pruned trial stops
-by the exception raised from that call.
-
-Importing this module stays light (the config module imports it to check stage names): each
-objective imports its training code when it runs.
+pipeline config, on the upstream artifacts the stage's own flow trains from (produced by the same
+function that flow calls), and returns the final validation loss to minimise. Its training calls
+`on_eval(step, val_loss)` after every evaluation; the sweep reports those values to Optuna's pruner
+there, and a pruned trial stops by the exception raised from that call.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from smolforge.artifacts import ArtifactRef
+from pydantic import ValidationError
 
-if TYPE_CHECKING:
-    from smolforge.config import PipelineConfig
-    from smolforge.tasks.finetune.config import FinetuneConfig
+from smolforge.artifacts import ArtifactRef, stable_hash
+from smolforge.environment import project_home
+from smolforge.errors import ConfigError
+from smolforge.flows.config import PipelineConfig
+from smolforge.flows.distill import distill_inputs
+from smolforge.flows.finetune import data_files, finetune_inputs
+from smolforge.flows.pretrain import planned_stages, pretrain_inputs
+from smolforge.model_source import model_folder
+from smolforge.settings import apply_override, describe_errors
+from smolforge.tasks.curate.tokenizer import load_tokenizer
+from smolforge.tasks.distill.teacher import TopKStore
+from smolforge.tasks.distill.train import distill_student, plan_for
+from smolforge.tasks.finetune.config import FinetuneConfig
+from smolforge.tasks.finetune.data import load_data
+from smolforge.tasks.finetune.quantize import saved_with
+from smolforge.tasks.finetune.train import finetune_model
+from smolforge.tasks.sweep.space import field_path_problem, render
+from smolforge.tasks.sweep.study import TrialFailed
+from smolforge.tasks.train.data import CorpusSources
+from smolforge.tasks.train.loop import DivergenceError
+from smolforge.tasks.train.stage import StageSpec, run_stage
 
 OnEval = Callable[[int, float], None]
-
-
-class TrialFailed(RuntimeError):
-    """The trial's settings made training fail in an expected way (it diverged, or its values do
-    not go together): the trial is recorded as failed and counts as finished, the sweep goes on."""
 
 
 @dataclass(frozen=True)
@@ -73,43 +86,24 @@ def register(objective: Objective) -> Objective:
 # --- pretraining --------------------------------------------------------------------------------------
 
 
-def _corpus(config: PipelineConfig, parent_run_id: str | None) -> dict[str, ArtifactRef]:
-    from smolforge.flows.curate import curate
-    from smolforge.runners import task_runner_for
-
-    curated = curate.with_options(task_runner=task_runner_for(config.execution))(config, parent_run_id)
-    return {"corpus": ArtifactRef(**curated["corpus"])}
-
-
 def _check_pretrain(config: PipelineConfig, upstream: dict[str, ArtifactRef]) -> None:
-    from smolforge.tasks.train.data import CorpusSources, plan_stages
-    from smolforge.tasks.train.schedule import StageSchedule
-
-    plans = plan_stages(config.pretrain, CorpusSources.from_corpus_json(upstream["corpus"].path / "corpus.json"))
-    StageSchedule.from_plans(plans, config.pretrain.schedule)
+    planned_stages(config, upstream["corpus"])
 
 
 def _train_pretrain(work: TrialWork) -> dict[str, Any]:
     """All pretraining stages chained as the pipeline's stage tasks chain them (one learning-rate
     schedule across stages, weights and optimizer state carried over), in the trial's scratch folder
     and without per-stage MLflow runs: a trial keeps only its final model."""
-    import shutil
-
-    from smolforge.tasks.train.data import CorpusSources
-    from smolforge.tasks.train.loop import DivergenceError
-    from smolforge.tasks.train.prefect_tasks import stage_inputs
-    from smolforge.tasks.train.stage import StageSpec, run_stage
-
-    corpus = work.upstream["corpus"].path
+    corpus = work.upstream["corpus"]
     previous, result = None, {}
     try:
-        for i, stage in enumerate(stage_inputs(work.config.pretrain, CorpusSources.from_corpus_json(corpus / "corpus.json"))):
+        for i, stage in enumerate(planned_stages(work.config, corpus)):
             out, workdir = work.scratch / f"stage-{i}", work.scratch / f"work-{i}"
             out.mkdir(parents=True)
             workdir.mkdir(parents=True)
             spec = StageSpec(
-                out=out, workdir=workdir, corpus=corpus, previous=previous, stage_index=i, config=stage["config"],
-                rates=stage["rates"], start=stage["start"],
+                out=out, workdir=workdir, corpus=corpus.path, previous=previous, stage_index=i, config=stage.config,
+                rates=stage.rates, start=stage.start,
             )
             result = run_stage(spec, on_eval=work.on_eval)
             previous = out
@@ -127,7 +121,7 @@ register(
         reference="https://huggingface.co/blog/smollm3",
         reads=("pretrain",),
         needs=("corpus",),
-        upstream=_corpus,
+        upstream=lambda config, parent: pretrain_inputs(config, None, parent).refs(),
         train=_train_pretrain,
         check=_check_pretrain,
     )
@@ -137,31 +131,8 @@ register(
 # --- distillation -------------------------------------------------------------------------------------
 
 
-def _corpus_and_teacher(config: PipelineConfig, parent_run_id: str | None) -> dict[str, ArtifactRef]:
-    """The corpus, the teacher (the pipeline's pretrained model unless `distill.teacher` names one)
-    and, when the config asks for one, the teacher's top-k store: what the distill flow trains from."""
-    from smolforge.flows.curate import stage_runtime
-    from smolforge.flows.pretrain import pretrain
-    from smolforge.model_source import resolve
-    from smolforge.tasks.distill.prefect_tasks import teacher_topk
-
-    cfg = config.distill
-    corpus = _corpus(config, parent_run_id)["corpus"]
-    runtime = stage_runtime(config, parent_run_id)
-    pretrained = ArtifactRef(**pretrain(config, corpus, parent_run_id)["model"]) if cfg.teacher is None else None
-    refs = {"corpus": corpus, "teacher": resolve(cfg.teacher, pretrained, runtime, "distill.teacher")}
-    if cfg.top_k is not None and cfg.alpha > 0:
-        refs["topk"] = teacher_topk(
-            refs["teacher"], corpus, cfg.data, cfg.batch_size, cfg.grad_accum, cfg.max_epochs, cfg.seed, cfg.top_k,
-            cfg.device, runtime,
-        )
-    return refs
-
-
 def _usable_topk(work: TrialWork, plan: Any) -> Path | None:
     """The stored teacher top-k, if it was made for exactly the batches and k this trial uses."""
-    from smolforge.tasks.distill.teacher import TopKStore
-
     cfg, topk = work.config.distill, work.upstream.get("topk")
     if topk is None or cfg.top_k is None or topk.manifest()["config"].get("k") != cfg.top_k:
         return None
@@ -173,10 +144,6 @@ def _usable_topk(work: TrialWork, plan: Any) -> Path | None:
 
 
 def _train_distill(work: TrialWork) -> dict[str, Any]:
-    from smolforge.model_source import model_folder
-    from smolforge.tasks.distill.train import distill_student, plan_for
-    from smolforge.tasks.train.data import CorpusSources
-
     cfg = work.config.distill
     sources = CorpusSources.from_corpus_json(work.upstream["corpus"].path / "corpus.json")
     topk = _usable_topk(work, plan_for(cfg, sources)) if cfg.alpha > 0 else None
@@ -196,7 +163,7 @@ register(
         reference="https://arxiv.org/abs/1503.02531",
         reads=("distill",),
         needs=("corpus", "teacher"),
-        upstream=_corpus_and_teacher,
+        upstream=lambda config, parent: distill_inputs(config, None, parent).refs(),
         train=_train_distill,
     )
 )
@@ -205,30 +172,9 @@ register(
 # --- fine-tuning --------------------------------------------------------------------------------------
 
 
-def _base(config: PipelineConfig, parent_run_id: str | None) -> dict[str, ArtifactRef]:
-    """The base model the finetune flow would start from, and for qlora its cached 4-bit copy."""
-    from smolforge.flows.curate import stage_runtime
-    from smolforge.flows.pretrain import pretrain
-    from smolforge.model_source import resolve
-    from smolforge.tasks.finetune.prefect_tasks import quantize_stage
-
-    pretrained = None
-    if config.finetune.base is None:  # the pipeline's pretrained model
-        corpus = _corpus(config, parent_run_id)["corpus"]
-        pretrained = ArtifactRef(**pretrain(config, corpus, parent_run_id)["model"])
-    runtime = stage_runtime(config, parent_run_id)
-    refs = {"base": resolve(config.finetune.base, pretrained, runtime, "finetune.base")}
-    if config.finetune.method == "qlora":
-        refs["quantized"] = quantize_stage(refs["base"], config.finetune.qlora, runtime)
-    return refs
-
-
 def quantized_for(cfg: FinetuneConfig, saved: Path | None) -> Path | None:
     """`saved` (the sweep's cached 4-bit base) when a trial runs qlora with the settings it was
     saved with; a trial that sweeps the 4-bit settings (or turns qlora on) quantises while loading."""
-    from smolforge.model_source import model_folder
-    from smolforge.tasks.finetune.quantize import saved_with
-
     if cfg.method != "qlora" or saved is None or not saved_with(saved, cfg.qlora):
         return None
     return model_folder(saved)
@@ -241,13 +187,6 @@ _CHAT_TEMPLATE_LOCK = threading.Lock()
 
 
 def _train_finetune(work: TrialWork) -> dict[str, Any]:
-    from smolforge.environment import project_home
-    from smolforge.flows.finetune import data_files
-    from smolforge.model_source import model_folder
-    from smolforge.tasks.curate.tokenizer import load_tokenizer
-    from smolforge.tasks.finetune.data import load_data
-    from smolforge.tasks.finetune.train import finetune_model
-
     cfg, base = work.config.finetune, work.upstream["base"].path
     saved = work.upstream["quantized"].path if "quantized" in work.upstream else None
     files = data_files(work.config, project_home())
@@ -271,7 +210,7 @@ register(
         reference="https://arxiv.org/abs/2106.09685",
         reads=("finetune",),
         needs=("base",),
-        upstream=_base,
+        upstream=lambda config, parent: finetune_inputs(config, None, parent).refs(),
         train=_train_finetune,
     )
 )
@@ -282,3 +221,91 @@ def timed(train: Callable[[TrialWork], dict[str, Any]], work: TrialWork) -> dict
     started = time.perf_counter()
     result = train(work)
     return {**result, "train_seconds": time.perf_counter() - started}
+
+
+def study_name(config: PipelineConfig, upstream: dict[str, ArtifactRef]) -> str:
+    """Stable across re-runs of the same sweep (so a re-run resumes it) and different when anything
+    that defines a trial changes: the space, the sampler and pruner, the swept sections' settings
+    and the upstream artifacts. The number of trials and the parallelism are left out on purpose:
+    raising `trials` continues the study."""
+    cfg = config.sweep
+    objective = OBJECTIVES[cfg.stage]
+    defining = {
+        "space": {p: v.model_dump() for p, v in cfg.space.items()},
+        "fixed": cfg.fixed,
+        "sampler": cfg.sampler,
+        "pruner": [cfg.pruner, cfg.prune_after_trials, cfg.prune_after_steps],
+        "seed": cfg.seed,
+        "sections": {s: config.model_dump(mode="json").get(s) for s in objective.reads},
+        "upstream": {role: ref.key for role, ref in sorted(upstream.items())},
+    }
+    return cfg.study or f"{cfg.stage}-{stable_hash(defining)[:12]}"
+
+
+def check_sweep(config: PipelineConfig) -> None:
+    """Refuse, before any work, a sweep whose stage is not configured or whose space names a setting
+    the config model does not have, a setting the swept stage's trials would not read, or a value
+    the setting refuses (each range at both bounds, each choice at every value, checked on the full
+    config as a trial will see it)."""
+    sweep = config.sweep
+    if sweep is None:
+        raise ConfigError("a sweep needs a `sweep` section in the config")
+    if getattr(config, sweep.stage, None) is None:
+        raise ConfigError(
+            f"sweep.stage is {sweep.stage!r} but the config has no `{sweep.stage}` section (it is null): "
+            "configure that stage, or sweep another one"
+        )
+    reads = OBJECTIVES[sweep.stage].reads
+    problems: list[str] = []
+
+    def setting_problem(path: str, whole_sections: bool = False) -> str | None:
+        keys = path.split(".")
+        problem = field_path_problem(type(config), keys, whole_sections=whole_sections)
+        if problem is None and keys[0] not in reads:
+            instead = f"sweep stage {keys[0]!r} to vary them" if keys[0] in OBJECTIVES else "they are fixed for this sweep"
+            problem = (
+                f"a {sweep.stage} trial does not read {keys[0]}.* settings: trials reuse the upstream artifacts "
+                f"the pipeline produced ({instead}); it reads: {', '.join(reads)}.*"
+            )
+        return problem
+
+    def refused(data: dict[str, Any], path: str, value: Any) -> str | None:
+        try:
+            apply_override(data, f"{path}={render(value)}")
+            type(config).model_validate(data)
+        except ConfigError as exc:
+            return str(exc)
+        except ValidationError as exc:
+            return f"{value!r} is refused: " + describe_errors(exc).split("\n", 1)[1].strip()
+        return None
+
+    base = config.model_dump(mode="json")
+    base["sweep"] = None
+    for path, value in sweep.fixed.items():
+        problem = setting_problem(path, whole_sections=True) or refused(base, path, value)  # applied in place: the trials' base
+        if problem:
+            problems.append(f"sweep.fixed[{path!r}]: {problem}")
+    for path, param in sweep.space.items() if not problems else ():
+        problem = setting_problem(path)
+        for value in [] if problem else param.values_to_check():
+            problem = refused(json.loads(json.dumps(base)), path, value)
+            if problem:
+                problem = f"{param.describe()}: {problem}"
+                break
+        if problem:
+            problems.append(f"sweep.space[{path!r}]: {problem}")
+    if problems:
+        raise ConfigError("invalid sweep:\n  " + "\n  ".join(problems))
+
+
+def trial_config(config: PipelineConfig, values: dict[str, Any]) -> PipelineConfig:
+    """The full config as the trial sees it: the sweep's fixed settings and the trial's values
+    applied, no sweep inside it."""
+    data = config.model_dump(mode="json")
+    data["sweep"] = None
+    for path, value in {**config.sweep.fixed, **values}.items():
+        apply_override(data, f"{path}={render(value)}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"settings {values}: " + describe_errors(exc)) from None

@@ -1,0 +1,123 @@
+"""The composition: every stage's config in one `PipelineConfig`, and the presets.
+
+Each stage owns its config (`smolforge.tasks.<stage>.config`); this module only puts them side by
+side and checks what crosses stages (a mixture that names a source the corpus will not have).
+Presets are YAML files beside this module; `--set a.b.c=value` overrides are applied to the raw
+mapping before validation, so a bad value fails before any work starts and the error names the
+field, the value and what was expected. Flow parameters are these models, so the Prefect UI
+renders a form for them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pydantic import Field, ValidationError, model_validator
+
+from smolforge.environment import project_home
+from smolforge.errors import ConfigError
+from smolforge.runtime import ExecutionConfig, Runtime, TrackingConfig, runtime_for
+from smolforge.settings import apply_override, describe_errors, merge, read_yaml
+from smolforge.strict import Strict
+from smolforge.tasks.curate.config import CurateConfig
+from smolforge.tasks.distill.config import DistillConfig
+from smolforge.tasks.finetune.config import FinetuneConfig
+from smolforge.tasks.sweep.config import SweepConfig
+from smolforge.tasks.train.config import PretrainSection
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+class Stage(NamedTuple):
+    """One stage of the composition: its config section and flow share `name`; `flow` is where its
+    flow lives (imported when it runs, so reading configs and `--help` stay free of Prefect)."""
+
+    name: str
+    flow: str
+    sweepable: bool = False  # a sweep can optimise this stage's settings
+
+
+# The pipeline runs these in order, each when its section is set; the CLI's flow list (and the
+# deployments) come from here. A new stage is one line here and one field in `PipelineConfig`.
+STAGES = (
+    Stage("curate", "smolforge.flows.curate:curate"),
+    Stage("pretrain", "smolforge.flows.pretrain:pretrain", sweepable=True),
+    Stage("distill", "smolforge.flows.distill:distill", sweepable=True),
+    Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True),
+    Stage("sweep", "smolforge.flows.sweep:sweep"),
+)
+FLOWS = ("pipeline", *(s.name for s in STAGES))
+SWEEPABLE = tuple(s.name for s in STAGES if s.sweepable)
+
+
+class PipelineConfig(Strict):
+    preset: str | None = Field(None, description="Preset this config was built from (informational).")
+    curate: CurateConfig
+    pretrain: PretrainSection | None = Field(None, description="Pretraining after curation; null stops after curation.")
+    distill: DistillConfig | None = Field(None, description="Distillation of the pretrained model into a smaller student.")
+    finetune: FinetuneConfig | None = Field(None, description="Instruction/chat fine-tuning (LoRA, QLoRA or full).")
+    sweep: SweepConfig | None = Field(None, description="An Optuna sweep over one stage's settings.")
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def runtime(self, parent_run_id: str | None = None) -> Runtime:
+        """The project's artifact store, CPU budget and MLflow experiment, with stage runs nested
+        under `parent_run_id`."""
+        return runtime_for(self.execution, project_home(), self.tracking, parent_run_id)
+
+    @model_validator(mode="after")
+    def _data_dir_needed(self) -> PipelineConfig:
+        if self.sweep is not None and self.sweep.stage not in SWEEPABLE:
+            raise ValueError(f"sweep.stage: no sweep objective {self.sweep.stage!r}; available: {', '.join(SWEEPABLE)}")
+        relative = [s.name for s in self.curate.sources if not Path(s.path).is_absolute()]
+        if relative and self.curate.data_dir is None and self.curate.sample_corpus is None:
+            raise ValueError(
+                f"sources {relative} have relative paths but neither curate.data_dir nor curate.sample_corpus is set"
+            )
+        if self.pretrain is not None:
+            names = {s.name for s in self.curate.sources}
+            for i, stage in enumerate(self.pretrain.stages):
+                unknown = sorted(set(stage.mixture) - names)
+                if unknown:
+                    raise ValueError(
+                        f"pretrain.stages.{i}.mixture names {unknown}, which are not curate sources "
+                        f"(the corpus will have: {sorted(names)})"
+                    )
+        if self.distill is not None:
+            names = {s.name for s in self.curate.sources}
+            unknown = sorted(set(self.distill.data.mixture) - names)
+            if unknown:
+                raise ValueError(
+                    f"distill.data.mixture names {unknown}, which are not curate sources (the corpus will have: {sorted(names)})"
+                )
+            if self.distill.teacher is None and self.pretrain is None:
+                raise ValueError("distill.teacher is null (the pretrained model) but pretrain is null: set one of them")
+        return self
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_config(
+    preset: str | None = None, config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> PipelineConfig:
+    """Preset, then a YAML file merged over it, then `--set` overrides; validated once at the end."""
+    data: dict[str, Any] = {}
+    if preset:
+        path = PRESETS_DIR / f"{preset}.yaml"
+        if not path.exists():
+            raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available_presets())}")
+        data = read_yaml(path)
+        data["preset"] = preset
+    if config_file:
+        data = merge(data, read_yaml(Path(config_file)))
+    for assignment in overrides:
+        apply_override(data, assignment)
+    if not data:
+        raise ConfigError("no configuration: pass --preset or --config")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None

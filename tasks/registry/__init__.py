@@ -1,0 +1,1 @@
+"""The MLflow model registry: registering what a stage trained, with its lineage."""
