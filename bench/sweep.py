@@ -64,8 +64,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from smolforge.artifacts import ArtifactRef
     from smolforge.flows.curate import curate
+    from smolforge.flows.results import PipelineResult
     from smolforge.flows.sweep import sweep
     from smolforge.tasks.curate.sample_corpus import build_sample_corpus
 
@@ -74,19 +74,19 @@ def main() -> None:
         if not (home / "sample-corpus-1").exists():
             build_sample_corpus(home / "sample-corpus-1", scale=1)
         console.print("curating the tiny corpus (untimed) ...")
-        corpus = ArtifactRef(**curate(sweep_config(args.short, 1, 0))["corpus"])
+        curated = PipelineResult(stages={"curate": curate(sweep_config(args.short, 1, 0))})
         rows: dict[int, list[dict]] = {args.short: [], args.long: []}
         flows: dict[int, list[dict]] = {args.short: [], args.long: []}
         for repeat in range(args.repeats):
             for steps in (args.short, args.long):
                 started = time.perf_counter()
-                summary = sweep(sweep_config(steps, args.trials, repeat), {"corpus": corpus})
+                summary = sweep(sweep_config(steps, args.trials, repeat), curated)
                 wall = time.perf_counter() - started
-                trials = [r for r in summary["this_run"] if r["state"] == "COMPLETE"]
+                trials = [r for r in summary.this_run if r["state"] == "COMPLETE"]
                 rows[steps] += trials
                 train = sum(r["train_seconds"] for r in trials)
                 flows[steps].append(
-                    {"per_trial": (summary["timings"]["trials"] - train) / len(trials), "report": summary["timings"]["report"],
+                    {"per_trial": (summary.timings["trials"] - train) / len(trials), "report": summary.timings["report"],
                      "flow": wall}
                 )
                 console.print(f"  {steps:>3} steps, repeat {repeat + 1}: {len(trials)} trials in {wall:.1f} s")

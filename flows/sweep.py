@@ -210,18 +210,18 @@ def sweep(config: PipelineConfig, upstream: PipelineResult | None = None, parent
     cfg = config.sweep
     objective = OBJECTIVES[cfg.stage]
     swept = upstream.get(cfg.stage) if upstream is not None else None
-    refs = swept.inputs.refs() if swept is not None else objective.upstream(config, parent_run_id)
-    upstream = refs
-    missing = [role for role in objective.needs if role not in upstream]
+    inputs = swept.inputs if swept is not None else objective.upstream(config, upstream, parent_run_id)
+    refs = inputs.refs()
+    missing = [role for role in objective.needs if role not in refs]
     if missing:
-        raise ConfigError(f"a {cfg.stage} sweep needs the upstream artifacts {missing}; got {sorted(upstream)}")
+        raise ConfigError(f"a {cfg.stage} sweep needs the upstream artifacts {missing}; got {sorted(refs)}")
     try:
-        objective.check(trial_config(config, {}), upstream)
+        objective.check(trial_config(config, {}), refs)
     except ValueError as exc:
         raise ConfigError(f"{cfg.stage}: {exc}") from None
     home = project_home()
     url = cfg.storage or default_storage(home)
-    name = study_name(config, upstream)
+    name = study_name(config, refs)
     study = open_study(cfg, url, name)
     print(f"study {name!r} in {public_url(url)}: {objective.pretty_name}, minimising {objective.optimises}")
     tags = {"optuna.study": name, "smolforge.swept_stage": cfg.stage}
@@ -233,12 +233,12 @@ def sweep(config: PipelineConfig, upstream: PipelineResult | None = None, parent
                 "storage": public_url(url),
                 "study": name,
                 "space": {path: p.describe() for path, p in cfg.space.items()},
-                "upstream": {role: ref.key for role, ref in upstream.items()},
+                "upstream": {role: ref.key for role, ref in refs.items()},
             }
         )
         runtime = config.runtime(run.info.run_id)
         started = time.perf_counter()
-        records = _run_trials(config, upstream, url, name, study, runtime)
+        records = _run_trials(config, refs, url, name, study, runtime)
         trials_done = time.perf_counter()
         close_abandoned_runs(study)
         kept = keep_best(study, cfg.keep, runtime.store)

@@ -28,6 +28,7 @@ from smolforge.flows.config import PipelineConfig
 from smolforge.flows.distill import distill_inputs
 from smolforge.flows.finetune import data_files, finetune_inputs
 from smolforge.flows.pretrain import planned_stages, pretrain_inputs
+from smolforge.flows.results import PipelineResult, StageInputs
 from smolforge.model_source import model_folder
 from smolforge.settings import apply_override, describe_errors
 from smolforge.tasks.curate.tokenizer import load_tokenizer
@@ -66,7 +67,8 @@ class Objective:
     reference: str
     reads: tuple[str, ...]  # top-level config sections a trial's training reads
     needs: tuple[str, ...]  # upstream artifacts, by role
-    upstream: Callable[[PipelineConfig, str | None], dict[str, ArtifactRef]]  # produce them (cached) when run alone
+    # the stage's own producer of its inputs: from the pipeline's results so far, the rest made (cached)
+    upstream: Callable[[PipelineConfig, PipelineResult | None, str | None], StageInputs]
     train: Callable[[TrialWork], dict[str, Any]]  # -> {"value": final val loss, ...}; the model in out/model
     # refuses (ValueError) a config the stage cannot train from these upstream artifacts; run on the
     # sweep's own config before any trial, so a plan that can never work fails once, not per trial
@@ -121,7 +123,7 @@ register(
         reference="https://huggingface.co/blog/smollm3",
         reads=("pretrain",),
         needs=("corpus",),
-        upstream=lambda config, parent: pretrain_inputs(config, None, parent).refs(),
+        upstream=pretrain_inputs,
         train=_train_pretrain,
         check=_check_pretrain,
     )
@@ -163,7 +165,7 @@ register(
         reference="https://arxiv.org/abs/1503.02531",
         reads=("distill",),
         needs=("corpus", "teacher"),
-        upstream=lambda config, parent: distill_inputs(config, None, parent).refs(),
+        upstream=distill_inputs,
         train=_train_distill,
     )
 )
@@ -210,7 +212,7 @@ register(
         reference="https://arxiv.org/abs/2106.09685",
         reads=("finetune",),
         needs=("base",),
-        upstream=lambda config, parent: finetune_inputs(config, None, parent).refs(),
+        upstream=finetune_inputs,
         train=_train_finetune,
     )
 )

@@ -7,13 +7,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from smolforge.artifacts import ArtifactRef, ArtifactStore
-from smolforge.environment import project_home
+from smolforge.artifacts import ArtifactStore
 from smolforge.errors import ConfigError
 from smolforge.flows.config import load_config
-from smolforge.flows.curate import runtime_for
 from smolforge.flows.distill import distill
 from smolforge.flows.pipeline import pipeline
+from smolforge.flows.results import PipelineResult
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +25,12 @@ def trained(tiny_pipeline):
 
 
 def refs(result):
-    return ArtifactRef(**result["curate"]["corpus"]), ArtifactRef(**result["pretrain"]["model"])
+    return result.stages["curate"].corpus, result.stages["pretrain"].model
+
+
+def upstream(result, *stages: str) -> PipelineResult:
+    """The pipeline's results of `stages` (default: curation and pretraining), as a later stage gets them."""
+    return PipelineResult(stages={name: result.stages[name] for name in stages or ("curate", "pretrain")})
 
 
 def test_distilled_student_beats_the_same_student_trained_from_scratch(trained):
@@ -36,9 +40,9 @@ def test_distilled_student_beats_the_same_student_trained_from_scratch(trained):
 
     config = load_config("tiny", overrides=OVERRIDES)
     corpus, teacher = refs(trained)
-    runtime = runtime_for(config.execution, project_home())
+    runtime = config.runtime()
     scratch = distill_stage.fn(corpus, teacher, None, config.distill.model_copy(update={"alpha": 0.0}), runtime)
-    distilled = trained["distill"]["metrics"]["val_loss"]
+    distilled = trained.stages["distill"].metrics["val_loss"]
     from_scratch = scratch.manifest()["metrics"]["val_loss"]
     assert distilled < from_scratch - 0.1, (distilled, from_scratch)
 
@@ -46,21 +50,21 @@ def test_distilled_student_beats_the_same_student_trained_from_scratch(trained):
 def test_student_is_smaller_logged_and_registered_as_a_candidate(trained):
     from transformers import AutoModelForCausalLM
 
-    result = trained["distill"]
-    assert result["student_parameters"] < result["teacher_parameters"]
-    assert result["teacher"]["key"] == trained["pretrain"]["model"]["key"]
+    result = trained.stages["distill"]
+    assert result.student_parameters < result.teacher_parameters
+    assert result.inputs.teacher.key == trained.stages["pretrain"].model.key
     client = mlflow.MlflowClient()
-    run = client.get_run(result["metrics"]["mlflow_run_id"])
+    run = client.get_run(result.mlflow_run_id)
     assert run.info.run_name == "distill"
-    assert run.data.tags["mlflow.parentRunId"] == trained["mlflow_run_id"]
+    assert run.data.tags["mlflow.parentRunId"] == trained.mlflow_run_id
     assert {"loss", "kl", "ce", "val_loss", "lr", "tokens_per_s"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "kl")) >= 5
-    assert int(run.data.params["parameters"]) == result["student_parameters"]
+    assert int(run.data.params["parameters"]) == result.student_parameters
 
     version = client.get_model_version_by_alias("smolforge-student", "candidate")
-    assert version.tags["smolforge.teacher_key"] == trained["pretrain"]["model"]["key"]
-    assert version.tags["smolforge.corpus_key"] == trained["curate"]["corpus"]["key"]
-    assert version.tags["smolforge.artifact_key"] == result["model"]["key"]
+    assert version.tags["smolforge.teacher_key"] == trained.stages["pretrain"].model.key
+    assert version.tags["smolforge.corpus_key"] == trained.stages["curate"].corpus.key
+    assert version.tags["smolforge.artifact_key"] == result.model.key
     path = Path(mlflow.artifacts.download_artifacts("models:/smolforge-student@candidate"))
     model = AutoModelForCausalLM.from_pretrained(path / "model")
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
@@ -71,18 +75,17 @@ def test_rerun_is_cached(trained, session_home):
     before = {p.name for p in store.root.glob("distilled/*")} | {p.name for p in store.root.glob("teacher-topk/*")}
     versions = len(mlflow.MlflowClient().search_model_versions("name='smolforge-student'"))
     again = pipeline(load_config("tiny", overrides=OVERRIDES))
-    assert again["distill"]["model"] == trained["distill"]["model"]
+    assert again.stages["distill"].model == trained.stages["distill"].model
     after = {p.name for p in store.root.glob("distilled/*")} | {p.name for p in store.root.glob("teacher-topk/*")}
     assert after == before
     assert len(mlflow.MlflowClient().search_model_versions("name='smolforge-student'")) == versions
 
 
 def test_a_second_student_reads_the_stored_top_k_and_never_runs_the_teacher(trained, monkeypatch):
-    corpus, teacher = refs(trained)
     short = [*OVERRIDES, "distill.top_k=32", "distill.data.steps=30", "distill.eval_every=15",
              "distill.register_as=smolforge-student-topk"]
-    first = distill(load_config("tiny", overrides=short), corpus, teacher)
-    assert first["topk"]["kind"] == "teacher-topk"
+    first = distill(load_config("tiny", overrides=short), upstream(trained))
+    assert first.inputs.topk.kind == "teacher-topk"
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher ran although its top-k store exists")
@@ -90,17 +93,16 @@ def test_a_second_student_reads_the_stored_top_k_and_never_runs_the_teacher(trai
     monkeypatch.setattr("smolforge.tasks.distill.prefect_tasks.load_teacher", no_teacher)
     monkeypatch.setattr("smolforge.tasks.distill.train.load_teacher", no_teacher)
     other = [*short, "distill.student.hidden_size=32", "distill.temperature=1.5", "distill.alpha=0.7"]
-    second = distill(load_config("tiny", overrides=other), corpus, teacher)
-    assert second["topk"] == first["topk"]
-    assert second["model"]["key"] != first["model"]["key"]
-    assert second["metrics"]["val_loss"] < first["metrics"]["val_loss"] + 1.0
+    second = distill(load_config("tiny", overrides=other), upstream(trained))
+    assert second.inputs.topk == first.inputs.topk
+    assert second.model.key != first.model.key
+    assert second.metrics["val_loss"] < first.metrics["val_loss"] + 1.0
     # another data plan has no store yet: the teacher would have to run
     with pytest.raises(AssertionError, match="the teacher ran"):
-        distill(load_config("tiny", overrides=[*short, "distill.data.steps=20"]), corpus, teacher)
+        distill(load_config("tiny", overrides=[*short, "distill.data.steps=20"]), upstream(trained))
 
 
 def test_a_registry_teacher_is_downloaded_checked_and_used(trained, session_home):
-    corpus, _ = refs(trained)
     config = load_config(
         "tiny",
         overrides=[
@@ -108,10 +110,10 @@ def test_a_registry_teacher_is_downloaded_checked_and_used(trained, session_home
             "distill.eval_every=4", "distill.schedule.warmup_steps=2", "distill.register_as=smolforge-student-registry",
         ],
     )
-    result = distill(config, corpus)
-    assert result["teacher"]["kind"] == "model-import"
-    assert (Path(result["teacher"]["uri"]) / "model" / "config.json").is_file()
-    assert result["metrics"]["steps"] == 8
+    result = distill(config, upstream(trained, "curate"))
+    assert result.inputs.teacher.kind == "model-import"
+    assert (result.inputs.teacher.path / "model" / "config.json").is_file()
+    assert result.metrics["steps"] == 8
 
 
 @pytest.mark.parametrize(
@@ -123,9 +125,8 @@ def test_a_registry_teacher_is_downloaded_checked_and_used(trained, session_home
      ("distill.data.steps=8", "warmup_steps=10 runs past the decay start")],
 )
 def test_bad_teachers_and_budgets_are_refused_before_any_training(trained, session_home, override, message):
-    corpus, teacher = refs(trained)
     store = ArtifactStore(session_home / "artifacts")
     before = {p.name for p in store.root.glob("distilled/*")}
     with pytest.raises(ConfigError, match=message):
-        distill(load_config("tiny", overrides=[*OVERRIDES, override]), corpus, teacher)
+        distill(load_config("tiny", overrides=[*OVERRIDES, override]), upstream(trained))
     assert {p.name for p in store.root.glob("distilled/*")} == before

@@ -224,7 +224,7 @@ def test_a_4bit_folder_saved_with_other_settings_is_refused(base_folder, quantiz
 
 
 def test_sweep_trials_reuse_the_saved_4bit_base_only_with_its_own_settings(quantized_folder):
-    from smolforge.tasks.sweep.objectives import quantized_for
+    from smolforge.flows.sweep_objectives import quantized_for
 
     assert quantized_for(CONFIG, quantized_folder) == quantized_folder
     assert quantized_for(CONFIG, None) is None

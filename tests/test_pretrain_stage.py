@@ -18,7 +18,7 @@ from train_fixtures import build_corpus
 from smolforge.tasks.curate.pack import read_meta
 from smolforge.tasks.train.config import PretrainSection
 from smolforge.tasks.train.data import CorpusSources
-from smolforge.tasks.train.prefect_tasks import stage_inputs
+from smolforge.tasks.train.prefect_tasks import plan_pretraining
 from smolforge.tasks.train.stage import StageSpec, launch, run_stage
 
 pytestmark = pytest.mark.slow
@@ -52,12 +52,12 @@ def section(**over) -> PretrainSection:
 
 
 def spec_for(corpus: Path, cfg: PretrainSection, root: Path, run_id: str | None = None) -> StageSpec:
-    stage = stage_inputs(cfg, CorpusSources.from_corpus_json(corpus))[0]
+    stage = plan_pretraining(cfg, CorpusSources.from_corpus_json(corpus))[0]
     (root / "out").mkdir(parents=True)
     (root / "work").mkdir()
     return StageSpec(
         out=root / "out", workdir=root / "work", corpus=corpus, previous=None, stage_index=0,
-        config=stage["config"], rates=stage["rates"], start=stage["start"], run_id=run_id,
+        config=stage.config, rates=stage.rates, start=stage.start, run_id=run_id,
     )
 
 

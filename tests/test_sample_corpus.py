@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from smolforge import sample_corpus as sc
+from smolforge.tasks.curate import sample_corpus as sc
 from smolforge.tasks.curate.sample_corpus import MARKER, SampleCorpusError, build_sample_corpus
 
 FOLDERS = ["html", "instruct", "jsonl", "pdf", "text", "warc"]

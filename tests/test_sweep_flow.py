@@ -21,14 +21,10 @@ from smolforge import tracking
 from smolforge.artifacts import ArtifactStore
 from smolforge.flows.config import load_config
 from smolforge.flows.pipeline import pipeline
-from smolforge.flows.sweep import pipeline_upstream, sweep
-from smolforge.tasks.sweep.study import (
-    KIND,
-    default_storage,
-    open_study,
-    storage_for,
-    study_name,
-)
+from smolforge.flows.results import PipelineResult
+from smolforge.flows.sweep import sweep
+from smolforge.flows.sweep_objectives import study_name
+from smolforge.tasks.sweep.study import KIND, default_storage, open_study, storage_for
 
 pytestmark = pytest.mark.slow
 
@@ -53,12 +49,12 @@ def upstream(tiny_pipeline):
 def swept(upstream, session_home):
     config = load_config("tiny", overrides=[*NO_LATER_STAGES, f"sweep={SWEEP}"])
     url = default_storage(session_home)
-    name = study_name(config, pipeline_upstream("pretrain", upstream))
+    name = study_name(config, upstream.stages["pretrain"].inputs.refs())
     study = open_study(config.sweep, url, name)
     for lr in GOOD + BAD:
         study.enqueue_trial({"pretrain.optimizer.lr": lr})
     result = pipeline(config)
-    return {"config": config, "pipeline": result, "sweep": result["sweep"], "study": study}
+    return {"config": config, "pipeline": result, "sweep": result.stages["sweep"], "study": study}
 
 
 def by_lr(study):
@@ -67,25 +63,25 @@ def by_lr(study):
 
 def test_trials_run_two_at_a_time_and_the_low_rates_are_pruned(swept):
     summary, trials = swept["sweep"], by_lr(swept["study"])
-    assert (summary["trials"], summary["complete"], summary["pruned"]) == (4, 2, 2)
+    assert (summary.trials, summary.complete, summary.pruned) == (4, 2, 2)
     assert [trials[lr].state for lr in GOOD] == [TrialState.COMPLETE] * 2
     assert [trials[lr].state for lr in BAD] == [TrialState.PRUNED] * 2
     assert all(trials[lr].last_step < 16 for lr in BAD)  # stopped before their last evaluation
     a, b = (trials[lr] for lr in GOOD)
     assert a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete  # overlapped
-    assert summary["best_params"] == {"pretrain.optimizer.lr": min(GOOD, key=lambda lr: trials[lr].value)}
+    assert summary.best_params == {"pretrain.optimizer.lr": min(GOOD, key=lambda lr: trials[lr].value)}
 
 
 def test_each_trial_is_a_child_run_and_the_study_is_logged_on_the_sweep_run(swept):
     client = mlflow.MlflowClient()
-    sweep_run = client.get_run(swept["sweep"]["mlflow_run_id"])
-    assert sweep_run.data.tags["mlflow.parentRunId"] == swept["pipeline"]["mlflow_run_id"]
-    assert sweep_run.data.metrics["best_value"] == swept["sweep"]["best_value"]
-    assert sweep_run.data.params["best.pretrain.optimizer.lr"] == str(swept["sweep"]["best_params"]["pretrain.optimizer.lr"])
+    sweep_run = client.get_run(swept["sweep"].mlflow_run_id)
+    assert sweep_run.data.tags["mlflow.parentRunId"] == swept["pipeline"].mlflow_run_id
+    assert sweep_run.data.metrics["best_value"] == swept["sweep"].best_value
+    assert sweep_run.data.params["best.pretrain.optimizer.lr"] == str(swept["sweep"].best_params["pretrain.optimizer.lr"])
     logged = {a.path for a in client.list_artifacts(sweep_run.info.run_id)}
     expected = {"optimization_history.png", "intermediate_values.png", "param_importances.png"}
     assert expected | {"trials.json", "best_params.json", "kept_models.json"} <= logged
-    assert set(swept["sweep"]["plots"]) == expected
+    assert set(swept["sweep"].plots) == expected
 
     children = client.search_runs(
         [sweep_run.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep_run.info.run_id}'"
@@ -103,7 +99,7 @@ def test_each_trial_is_a_child_run_and_the_study_is_logged_on_the_sweep_run(swep
 
 
 def test_only_the_best_model_is_kept(swept, session_home):
-    kept, trials = swept["sweep"]["kept"], by_lr(swept["study"])
+    kept, trials = swept["sweep"].kept, by_lr(swept["study"])
     best = min(GOOD, key=lambda lr: trials[lr].value)
     assert [k["trial"] for k in kept] == [trials[best].number]
     folder = ArtifactStore(session_home / "artifacts").path(KIND, kept[0]["model"]["key"])
@@ -117,7 +113,7 @@ def test_a_crashed_sweep_resumes_and_reruns_the_trial_that_died(swept, upstream,
     """A process that dies mid-trial leaves it RUNNING with a heartbeat that stops: the next sweep
     fails it, runs its settings again, and does not redo the finished trials."""
     config = swept["config"].model_copy(update={"sweep": swept["config"].sweep.model_copy(update={"trials": 5})})
-    url, name = default_storage(session_home), swept["sweep"]["study"]
+    url, name = default_storage(session_home), swept["sweep"].study
     study = optuna.load_study(study_name=name, storage=storage_for(config.sweep, url))
     dead = study.ask({"pretrain.optimizer.lr": optuna.distributions.FloatDistribution(1e-5, 3e-2, log=True)})
     study._storage.record_heartbeat(dead._trial_id)  # what its heartbeat thread did before the process died
@@ -127,13 +123,13 @@ def test_a_crashed_sweep_resumes_and_reruns_the_trial_that_died(swept, upstream,
     dead.set_user_attr("mlflow_run_id", abandoned.info.run_id)
     time.sleep(config.sweep.grace + 1)
 
-    resumed = sweep(config, pipeline_upstream("pretrain", upstream))
-    assert resumed["study"] == name
-    assert len(resumed["this_run"]) == 1  # the four finished trials were not run again
+    resumed = sweep(config, PipelineResult(stages={"pretrain": upstream.stages["pretrain"]}))
+    assert resumed.study == name
+    assert len(resumed.this_run) == 1  # the four finished trials were not run again
     trials = study.get_trials()
     retry = trials[-1]
     assert trials[dead.number].state == TrialState.FAIL
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == dead.number
     assert retry.params == trials[dead.number].params and retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
-    assert (resumed["trials"], resumed["complete"] + resumed["pruned"]) == (6, 5)
+    assert (resumed.trials, resumed.complete + resumed.pruned) == (6, 5)
     assert mlflow.MlflowClient().get_run(abandoned.info.run_id).info.status == "KILLED"

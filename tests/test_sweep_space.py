@@ -4,16 +4,9 @@ import pytest
 
 from smolforge.errors import ConfigError
 from smolforge.flows.config import load_config
+from smolforge.flows.sweep_objectives import OBJECTIVES, check_sweep, trial_config
 from smolforge.settings import apply_override
-from smolforge.tasks.sweep.objectives import OBJECTIVES
-from smolforge.tasks.sweep.space import (
-    Choice,
-    FloatRange,
-    IntRange,
-    check_sweep,
-    render,
-)
-from smolforge.tasks.sweep.study import trial_config
+from smolforge.tasks.sweep.space import Choice, FloatRange, IntRange, render
 
 
 def tiny_with(sweep: str, *more: str):
@@ -106,13 +99,14 @@ def test_every_objective_says_what_it_optimises_and_reads_its_own_section():
 
 
 def test_the_flows_refuse_a_bad_space_before_any_work(monkeypatch):
+    from smolforge.flows import curate as curate_module
     from smolforge.flows import pipeline as pipeline_module
     from smolforge.flows import sweep as sweep_module
 
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the sweep was checked")
 
-    monkeypatch.setattr(pipeline_module, "curate", no_work)
+    monkeypatch.setattr(curate_module, "curate", no_work)
     monkeypatch.setattr(sweep_module, "open_study", no_work)
     bad = tiny_with("{stage: pretrain, space: {pretrain.optimizer.lrr: float 1e-4..1e-2 log}}")
     for flow in (pipeline_module.pipeline, sweep_module.sweep):
