@@ -74,7 +74,7 @@ def main() -> None:
         if not (home / "sample-corpus-1").exists():
             build_sample_corpus(home / "sample-corpus-1", scale=1)
         console.print("curating the tiny corpus (untimed) ...")
-        curated = PipelineResult(stages={"curate": curate(sweep_config(args.short, 1, 0))})
+        curated = PipelineResult(curate=curate(sweep_config(args.short, 1, 0)))
         rows: dict[int, list[dict]] = {args.short: [], args.long: []}
         flows: dict[int, list[dict]] = {args.short: [], args.long: []}
         for repeat in range(args.repeats):

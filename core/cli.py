@@ -35,10 +35,13 @@ def run(
     set_: Annotated[list[str], typer.Option("--set", help="Override one setting: section.field=value (repeatable).")] = [],
 ) -> None:
     """Run a flow on the embedded default (or the servers your environment points at)."""
+    import time
+
     from smolforge.environment import configure
     from smolforge.errors import ConfigError
     from smolforge.flows.config import load_config
 
+    started = time.perf_counter()
     if flow not in FLOWS:
         _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
     try:
@@ -49,6 +52,14 @@ def run(
         _fail(f"the {flow} flow needs a `{flow}` section in the config (--config FILE or --set {flow}=...)")
     home = configure()
     console.print(f"[dim]project folder {home}[/]")
+    if flow == "pipeline":
+        from smolforge.flows.replay import replay
+
+        replayed = replay(cfg)
+        if replayed is not None:
+            console.print("nothing changed since the last run of this config (same code and inputs): every stage is cached")
+            _print_results(replayed, cfg.tracking.experiment, time.perf_counter() - started)
+            return
 
     from smolforge.flows.config import STAGES
     from smolforge.flows.pipeline import pipeline, stage_flow
@@ -63,14 +74,20 @@ def run(
             if flow == "curate":
                 run_flow = run_flow.with_options(task_runner=task_runner_for(cfg.execution))
             alone = run_flow(cfg)
-            result = PipelineResult(mlflow_run_id=alone.mlflow_run_id, seconds=alone.seconds, stages={flow: alone})
+            result = PipelineResult(mlflow_run_id=alone.mlflow_run_id, seconds=alone.seconds, **{flow: alone})
     except ConfigError as exc:
         _fail(str(exc))
     finally:
         _settle_events()
+    _print_results(result, cfg.tracking.experiment, time.perf_counter() - started)
+
+
+def _print_results(result, experiment: str, wall: float) -> None:
     for name, stage_result in result.stages.items():
         PRINTERS[name](stage_result)
-    _where_to_look(result, cfg.tracking.experiment)
+        if stage_result.cached and stage_result.mlflow_run_id:
+            console.print(f"[dim]{name} came from the cache: recorded in MLflow run {stage_result.mlflow_run_id}[/]")
+    _where_to_look(result, experiment, wall)
 
 
 def print_sweep(summary) -> None:
@@ -185,7 +202,7 @@ PRINTERS = {
 }
 
 
-def _where_to_look(result, experiment: str) -> None:
+def _where_to_look(result, experiment: str, wall: float) -> None:
     from smolforge import tracking
     from smolforge.environment import mlflow_tracking_uri, project_home
 
@@ -196,8 +213,8 @@ def _where_to_look(result, experiment: str) -> None:
         console.print(f"MLflow run  {result.mlflow_run_id}  {tracking.run_url(result.mlflow_run_id, experiment)}")
     console.print(f"            tracking store {mlflow_tracking_uri(project_home())}")
     console.print("Prefect     `smolforge ui` shows this flow run and its task runs")
-    stages = ", ".join(f"{name} {r.seconds:.1f} s" for name, r in result.stages.items())
-    console.print(f"took        {result.seconds:.1f} s ({stages})")
+    stages = ", ".join(f"{name} cached" if r.cached else f"{name} {r.seconds:.1f} s" for name, r in result.stages.items())
+    console.print(f"took        {wall:.1f} s in all ({stages})")
 
 
 @app.command()

@@ -112,7 +112,16 @@ def artifact_step(kind: str, *, code: tuple[str | Path, ...] = (), **task_option
 
         options = {"persist_result": True, "cache_key_fn": cache_key, "name": step, **task_options}
         prefect_task = task(**options)(run)
+        def existing(*args: Any, **kwargs: Any) -> ArtifactRef | None:
+            """The artifact these arguments would make, when it is already complete in the store:
+            a flow asks first, to tell a cached stage from one that will train."""
+            bound = public.bind(*args, **kwargs)
+            bound.apply_defaults()
+            runtime, _ = _split(dict(bound.arguments))
+            return runtime.store.get(kind, key_of(dict(bound.arguments)))
+
         prefect_task.key_of = key_of  # type: ignore[attr-defined]
+        prefect_task.existing = existing  # type: ignore[attr-defined]
         prefect_task.kind = kind  # type: ignore[attr-defined]
         return prefect_task
 

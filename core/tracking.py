@@ -8,6 +8,7 @@ the experiment's artifacts go to `<project>/mlartifacts`, beside the database.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,15 +35,17 @@ def experiment_id(name: str) -> str:
 
 def prefect_tags() -> dict[str, str]:
     """The Prefect flow run this MLflow run belongs to, when called inside one."""
-    try:
-        from prefect.runtime import flow_run
-    except ImportError:  # pragma: no cover - prefect is a dependency
+    if "prefect" not in sys.modules:  # outside any flow (a replayed run): nothing to tag, nothing to import
         return {}
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_UI_URL
+
     tags = {}
     if flow_run.id:
         tags["prefect.flow_run_id"] = str(flow_run.id)
         tags["prefect.flow_run_name"] = str(flow_run.name)
-        if flow_run.ui_url:
+        # Without a UI (Prefect's temporary server) `ui_url` reads "None/flow-runs/...": leave it out.
+        if PREFECT_UI_URL.value():
             tags["prefect.flow_run_url"] = str(flow_run.ui_url)
     return tags
 
@@ -81,6 +84,19 @@ def client() -> Any:
     return _mlflow().MlflowClient()
 
 
+def parent_of(run_id: str) -> str:
+    """The run `run_id` is nested under, or itself when it has none."""
+    return client().get_run(run_id).data.tags.get("mlflow.parentRunId", run_id)
+
+
+def find_run(experiment: str, tags: dict[str, str]) -> str | None:
+    """The newest finished run of `experiment` carrying all of `tags`: the run that recorded an
+    artifact a cached stage reuses."""
+    query = " and ".join([*(f"tags.`{k}` = '{v}'" for k, v in tags.items()), "attributes.status = 'FINISHED'"])
+    found = client().search_runs([experiment_id(experiment)], query, max_results=1, order_by=["attributes.start_time DESC"])
+    return found[0].info.run_id if found else None
+
+
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     """`{"a": {"b": 1}}` -> `{"a.b": "1"}`; lists of models are kept as one JSON-ish string."""
     if isinstance(value, dict):
@@ -90,6 +106,11 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
         return out
     text = str(value)
     return {prefix: text if len(text) <= 6000 else text[:5997] + "..."}
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    if tags:
+        _mlflow().set_tags(tags)
 
 
 def log_params(params: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from smolforge.artifacts import ArtifactRef, file_hash
 from smolforge.environment import project_home
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
-from smolforge.flows.results import PipelineResult, StageResult
+from smolforge.flows.results import CurateResult, PipelineResult
 from smolforge.progress import wait_with_progress
 from smolforge.runners import task_runner_for
 from smolforge.runtime import Runtime
@@ -66,12 +66,6 @@ class _Stopwatch:
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
-
-class CurateResult(StageResult):
-    corpus: ArtifactRef
-    funnel: list[dict[str, Any]]
-    drops: dict[str, dict[str, int]]
-    timings: dict[str, float]
 
 
 @flow(name="curate", log_prints=True)
@@ -126,7 +120,9 @@ def curate(config: PipelineConfig, upstream: PipelineResult | None = None, paren
     corpus = t.corpus_task(step_refs, plan, tokenizer, packed, runtime)
     report = json.loads((corpus.path / "corpus.json").read_text(encoding="utf-8"))
     clock.lap("report")
-    run_id = log_curation(config, corpus, report, files, data_dir, parent_run_id)
+    # a corpus this project curated before keeps the run that recorded it: no second, identical run
+    earlier = tracking.find_run(config.tracking.experiment, {"smolforge.stage": "curate", "smolforge.corpus_key": corpus.key})
+    run_id = earlier or log_curation(config, corpus, report, files, data_dir, parent_run_id)
     clock.lap("mlflow")
     return CurateResult(
         corpus=corpus,
@@ -135,14 +131,15 @@ def curate(config: PipelineConfig, upstream: PipelineResult | None = None, paren
         drops={step: m.get("drops", {}) for step, m in report["steps"].items() if m.get("drops")},
         seconds=round(time.perf_counter() - started, 2),
         timings=clock.laps,
+        cached=earlier is not None,
     )
 
 
 def corpus_of(config: PipelineConfig, upstream: PipelineResult | None, parent_run_id: str | None) -> ArtifactRef:
     """The corpus the pipeline curated, or (run alone) the one this config curates, from the cache
     when it was made before."""
-    if upstream is not None and upstream.get("curate") is not None:
-        return upstream.get("curate").corpus
+    if upstream is not None and upstream.curate is not None:
+        return upstream.curate.corpus
     return curate.with_options(task_runner=task_runner_for(config.execution))(config, None, parent_run_id).corpus
 
 

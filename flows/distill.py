@@ -8,16 +8,14 @@ registration as `smolforge-student@candidate`, tagged with the teacher's and the
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
-from smolforge.artifacts import ArtifactRef, stable_hash
+from smolforge.artifacts import stable_hash
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
 from smolforge.flows.curate import corpus_of
 from smolforge.flows.pretrain import pretrain
-from smolforge.flows.results import PipelineResult, Registered, StageInputs, StageResult
+from smolforge.flows.results import DistillInputs, DistillResult, PipelineResult, Registered
 from smolforge.model_source import model_folder, resolve
 from smolforge.tasks.curate.tokenizer import load_tokenizer
 from smolforge.tasks.distill.prefect_tasks import distill_stage, teacher_topk
@@ -25,22 +23,6 @@ from smolforge.tasks.distill.teacher import check_teacher
 from smolforge.tasks.distill.train import plan_for
 from smolforge.tasks.registry.register import register_model
 from smolforge.tasks.train.data import CorpusSources
-
-
-class DistillInputs(StageInputs):
-    corpus: ArtifactRef
-    teacher: ArtifactRef
-    topk: ArtifactRef | None = None  # the teacher's stored top-k log-probabilities, when `top_k` is set
-    sizes: dict[str, int]  # teacher_parameters, student_parameters (checked: the student is smaller)
-
-
-class DistillResult(StageResult):
-    model: ArtifactRef
-    inputs: DistillInputs
-    metrics: dict[str, Any]
-    teacher_parameters: int
-    student_parameters: int
-    registered: Registered
 
 
 def distill_inputs(config: PipelineConfig, upstream: PipelineResult | None, parent_run_id: str | None) -> DistillInputs:
@@ -59,7 +41,7 @@ def distill_inputs(config: PipelineConfig, upstream: PipelineResult | None, pare
         raise ConfigError(f"distill: {exc}") from None
     pretrained = None
     if cfg.teacher is None:
-        done = upstream.get("pretrain") if upstream is not None else None
+        done = upstream.pretrain if upstream is not None else None
         pretrained = done.model if done is not None else pretrain(config, upstream, parent_run_id).model
     runtime = config.runtime(parent_run_id)
     teacher = resolve(cfg.teacher, pretrained, runtime, "distill.teacher")
@@ -85,6 +67,7 @@ def distill(config: PipelineConfig, upstream: PipelineResult | None = None, pare
           f"student with {sizes['student_parameters']:,}")
     # the teacher counts by its artifact's key, not by the name it was given
     keyed = cfg.model_copy(update={"teacher": None})
+    cached = distill_stage.existing(inputs.corpus, inputs.teacher, inputs.topk, keyed, runtime) is not None
     student = distill_stage(inputs.corpus, inputs.teacher, inputs.topk, keyed, runtime)
     lineage = {
         "smolforge.teacher_key": inputs.teacher.key,
@@ -95,5 +78,5 @@ def distill(config: PipelineConfig, upstream: PipelineResult | None = None, pare
     metrics = student.manifest()["metrics"]
     return DistillResult(
         model=student, inputs=inputs, metrics=metrics, registered=Registered(**registered),
-        mlflow_run_id=metrics.get("mlflow_run_id"), seconds=metrics.get("seconds", 0.0), **sizes,
+        mlflow_run_id=metrics.get("mlflow_run_id"), seconds=metrics.get("seconds", 0.0), cached=cached, **sizes,
     )

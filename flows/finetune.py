@@ -10,35 +10,21 @@ of the merged model as `smolforge-chat@candidate`, tagged with the base's key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import flow
 
-from smolforge.artifacts import ArtifactRef, file_hash, stable_hash
+from smolforge.artifacts import file_hash, stable_hash
 from smolforge.environment import project_home
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
 from smolforge.flows.pretrain import pretrain
-from smolforge.flows.results import PipelineResult, Registered, StageInputs, StageResult
+from smolforge.flows.results import FinetuneInputs, FinetuneResult, PipelineResult, Registered
 from smolforge.model_source import resolve
 from smolforge.tasks.curate.prefect_tasks import sample_corpus_task
 from smolforge.tasks.finetune.adapters import check_against_model
 from smolforge.tasks.finetune.data import DatasetError, check_files, resolve_files
 from smolforge.tasks.finetune.prefect_tasks import finetune_stage, quantize_stage
 from smolforge.tasks.registry.register import register_model
-
-
-class FinetuneInputs(StageInputs):
-    base: ArtifactRef
-    quantized: ArtifactRef | None = None  # qlora: the base quantised once to 4 bits
-    data: dict[str, str]  # the JSONL files (path -> content hash), checked
-
-
-class FinetuneResult(StageResult):
-    model: ArtifactRef
-    inputs: FinetuneInputs
-    metrics: dict[str, Any]
-    registered: Registered
 
 
 def data_files(config: PipelineConfig, home: Path) -> list[Path]:
@@ -68,7 +54,7 @@ def finetune_inputs(config: PipelineConfig, upstream: PipelineResult | None, par
     files = data_files(config, project_home())
     pretrained = None
     if cfg.base is None:
-        done = upstream.get("pretrain") if upstream is not None else None
+        done = upstream.pretrain if upstream is not None else None
         pretrained = done.model if done is not None else pretrain(config, upstream, parent_run_id).model
     runtime = config.runtime(parent_run_id)
     base = resolve(cfg.base, pretrained, runtime, "finetune.base")
@@ -85,7 +71,9 @@ def finetune(config: PipelineConfig, upstream: PipelineResult | None = None, par
     register the result."""
     inputs = finetune_inputs(config, upstream, parent_run_id)
     cfg = config.finetune
-    tuned = finetune_stage(inputs.base, inputs.data, cfg, config.runtime(parent_run_id), inputs.quantized)
+    runtime = config.runtime(parent_run_id)
+    cached = finetune_stage.existing(inputs.base, inputs.data, cfg, runtime, inputs.quantized) is not None
+    tuned = finetune_stage(inputs.base, inputs.data, cfg, runtime, inputs.quantized)
     metrics = tuned.manifest()["metrics"]
     lineage = {
         "smolforge.base_key": inputs.base.key,
@@ -95,5 +83,5 @@ def finetune(config: PipelineConfig, upstream: PipelineResult | None = None, par
     registered = register_model(tuned, cfg.register_as, lineage)
     return FinetuneResult(
         model=tuned, inputs=inputs, metrics=metrics, registered=Registered(**registered),
-        mlflow_run_id=metrics.get("mlflow_run_id"), seconds=metrics.get("seconds", 0.0),
+        mlflow_run_id=metrics.get("mlflow_run_id"), seconds=metrics.get("seconds", 0.0), cached=cached,
     )

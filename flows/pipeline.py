@@ -9,6 +9,8 @@ import time
 from prefect import flow
 
 from smolforge import tracking
+from smolforge.environment import project_home
+from smolforge.flows import replay
 from smolforge.flows.config import STAGES, PipelineConfig, Stage
 from smolforge.flows.results import PipelineResult
 from smolforge.flows.sweep_objectives import check_sweep
@@ -36,6 +38,12 @@ def pipeline(config: PipelineConfig) -> PipelineResult:
             run = stage_flow(stage)
             if stage.name == "curate":  # the per-document steps fan out on the configured task runner
                 run = run.with_options(task_runner=task_runner_for(config.execution))
-            result.stages[stage.name] = run(config, result, parent.info.run_id)
+            setattr(result, stage.name, run(config, result, parent.info.run_id))
+        # stages that trained nothing made no run of their own: say which earlier runs hold them
+        tracking.set_tags({
+            f"smolforge.reused.{name}": r.mlflow_run_id for name, r in result.stages.items() if r.cached and r.mlflow_run_id
+        })
         result.seconds = round(time.perf_counter() - started, 1)
-        return result
+    # keyed by the inputs as they stand now, when the sample corpus (if any) has been assembled
+    replay.record(replay.fingerprint(config, project_home()), result, project_home())
+    return result

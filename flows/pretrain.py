@@ -7,8 +7,6 @@ holds the logged model that the registry version points at.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from smolforge import tracking
@@ -16,21 +14,10 @@ from smolforge.artifacts import ArtifactRef, stable_hash
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
 from smolforge.flows.curate import corpus_of
-from smolforge.flows.results import PipelineResult, Registered, StageInputs, StageResult
+from smolforge.flows.results import PipelineResult, PretrainInputs, PretrainResult, Registered
 from smolforge.tasks.registry.register import register_model
 from smolforge.tasks.train.data import CorpusSources
 from smolforge.tasks.train.prefect_tasks import PlannedStage, plan_pretraining, pretrain_stage
-
-
-class PretrainInputs(StageInputs):
-    corpus: ArtifactRef
-
-
-class PretrainResult(StageResult):
-    model: ArtifactRef
-    inputs: PretrainInputs
-    stages: list[dict[str, Any]]
-    registered: Registered
 
 
 def pretrain_inputs(config: PipelineConfig, upstream: PipelineResult | None, parent_run_id: str | None) -> PretrainInputs:
@@ -48,12 +35,35 @@ def planned_stages(config: PipelineConfig, corpus: ArtifactRef) -> list[PlannedS
         raise ConfigError(f"pretrain: {exc}") from None
 
 
+def trained_before(config: PipelineConfig, corpus: ArtifactRef, stages: list[PlannedStage]) -> list[ArtifactRef] | None:
+    """Every stage's artifact, when all of them are already in the store (nothing would train)."""
+    runtime, previous, found = config.runtime(), None, []
+    for i, stage in enumerate(stages):
+        previous = pretrain_stage.existing(corpus, previous, i, stage.config, stage.rates, stage.start, runtime)
+        if previous is None:
+            return None
+        found.append(previous)
+    return found
+
+
 @flow(name="pretrain", log_prints=True)
 def pretrain(config: PipelineConfig, upstream: PipelineResult | None = None, parent_run_id: str | None = None) -> PretrainResult:
-    """Stage after stage, then register. Mixtures and budgets are checked against the corpus first."""
+    """Stage after stage, then register. Mixtures and budgets are checked against the corpus first.
+    When every stage is in the store already, no run is opened: the result points at the run that
+    trained them."""
     inputs = pretrain_inputs(config, upstream, parent_run_id)
     cfg, corpus = config.pretrain, inputs.corpus
     stages = planned_stages(config, corpus)
+    lineage = {"smolforge.corpus_key": corpus.key, "smolforge.config_key": stable_hash(cfg.model_dump(mode="json"))}
+    done = trained_before(config, corpus, stages)
+    if done is not None:
+        results = [ref.manifest()["metrics"] for ref in done]
+        registered = register_model(done[-1], cfg.register_as, lineage)
+        earlier = tracking.parent_of(results[-1]["mlflow_run_id"])
+        return PretrainResult(
+            model=done[-1], inputs=inputs, stages=results, registered=Registered(**registered), mlflow_run_id=earlier,
+            cached=True,
+        )
     for s in stages:
         print(s.plan.describe())
     with tracking.run("pretrain", config.tracking.experiment, parent_run_id, tags={"smolforge.corpus_key": corpus.key}) as run:
@@ -62,7 +72,6 @@ def pretrain(config: PipelineConfig, upstream: PipelineResult | None = None, par
         for i, stage in enumerate(stages):
             previous = pretrain_stage(corpus, previous, i, stage.config, stage.rates, stage.start, runtime)
             results.append(previous.manifest()["metrics"])
-        lineage = {"smolforge.corpus_key": corpus.key, "smolforge.config_key": stable_hash(cfg.model_dump(mode="json"))}
         registered = register_model(previous, cfg.register_as, lineage)
     return PretrainResult(
         model=previous, inputs=inputs, stages=results, registered=Registered(**registered), mlflow_run_id=run.info.run_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, SerializeAsAny
+from pydantic import BaseModel
 
 from smolforge.artifacts import ArtifactRef
 
@@ -38,12 +38,79 @@ class StageResult(BaseModel):
     seconds: float = 0.0
 
 
+class CurateResult(StageResult):
+    corpus: ArtifactRef
+    funnel: list[dict[str, Any]]
+    drops: dict[str, dict[str, int]]
+    timings: dict[str, float]
+
+class PretrainInputs(StageInputs):
+    corpus: ArtifactRef
+
+class PretrainResult(StageResult):
+    model: ArtifactRef
+    inputs: PretrainInputs
+    stages: list[dict[str, Any]]
+    registered: Registered
+
+class DistillInputs(StageInputs):
+    corpus: ArtifactRef
+    teacher: ArtifactRef
+    topk: ArtifactRef | None = None  # the teacher's stored top-k log-probabilities, when `top_k` is set
+    sizes: dict[str, int]  # teacher_parameters, student_parameters (checked: the student is smaller)
+
+class DistillResult(StageResult):
+    model: ArtifactRef
+    inputs: DistillInputs
+    metrics: dict[str, Any]
+    teacher_parameters: int
+    student_parameters: int
+    registered: Registered
+
+class FinetuneInputs(StageInputs):
+    base: ArtifactRef
+    quantized: ArtifactRef | None = None  # qlora: the base quantised once to 4 bits
+    data: dict[str, str]  # the JSONL files (path -> content hash), checked
+
+class FinetuneResult(StageResult):
+    model: ArtifactRef
+    inputs: FinetuneInputs
+    metrics: dict[str, Any]
+    registered: Registered
+
+class SweepResult(StageResult):
+    """The study's summary (counts, best trial, kept models) and this run's own trials."""
+
+    study: str
+    storage: str
+    stage: str
+    trials: int
+    complete: int
+    pruned: int
+    fail: int
+    best_trial: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] | None = None
+    kept: list[dict[str, Any]]
+    plots: list[str]
+    skipped_plots: dict[str, str]
+    this_run: list[dict[str, Any]]
+    timings: dict[str, float]
+
+
 class PipelineResult(BaseModel):
-    """The pipeline's parent MLflow run and each stage's result by name, in the order they ran."""
+    """The pipeline's parent MLflow run and each stage's result (None where the stage did not run).
+    One field per stage of the composition (`flows.config.STAGES`), in the order they run."""
 
     mlflow_run_id: str | None = None
     seconds: float = 0.0
-    stages: dict[str, SerializeAsAny[StageResult]] = {}
+    curate: CurateResult | None = None
+    pretrain: PretrainResult | None = None
+    distill: DistillResult | None = None
+    finetune: FinetuneResult | None = None
+    sweep: SweepResult | None = None
 
-    def get(self, stage: str) -> Any:
-        return self.stages.get(stage)
+    @property
+    def stages(self) -> dict[str, StageResult]:
+        """The results of the stages that ran, by name, in the order they ran."""
+        return {name: getattr(self, name) for name in type(self).model_fields if isinstance(getattr(self, name), StageResult)}

@@ -28,7 +28,7 @@ from smolforge.artifacts import ArtifactRef, stable_hash
 from smolforge.environment import project_home
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
-from smolforge.flows.results import PipelineResult, StageResult
+from smolforge.flows.results import PipelineResult, SweepResult
 from smolforge.flows.sweep_objectives import OBJECTIVES, TrialWork, check_sweep, study_name, timed, trial_config
 from smolforge.runtime import Runtime
 from smolforge.tasks.sweep.report import close_abandoned_runs, keep_best, log_report
@@ -43,26 +43,6 @@ from smolforge.tasks.sweep.study import (
     suggest,
     task_seed,
 )
-
-
-class SweepResult(StageResult):
-    """The study's summary (counts, best trial, kept models) and this run's own trials."""
-
-    study: str
-    storage: str
-    stage: str
-    trials: int
-    complete: int
-    pruned: int
-    fail: int
-    best_trial: int | None = None
-    best_value: float | None = None
-    best_params: dict[str, Any] | None = None
-    kept: list[dict[str, Any]]
-    plots: list[str]
-    skipped_plots: dict[str, str]
-    this_run: list[dict[str, Any]]
-    timings: dict[str, float]
 
 
 class _TrialRun:
@@ -209,7 +189,7 @@ def sweep(config: PipelineConfig, upstream: PipelineResult | None = None, parent
     check_sweep(config)
     cfg = config.sweep
     objective = OBJECTIVES[cfg.stage]
-    swept = upstream.get(cfg.stage) if upstream is not None else None
+    swept = getattr(upstream, cfg.stage) if upstream is not None else None
     inputs = swept.inputs if swept is not None else objective.upstream(config, upstream, parent_run_id)
     refs = inputs.refs()
     missing = [role for role in objective.needs if role not in refs]

@@ -135,7 +135,7 @@ register(
 
 def _usable_topk(work: TrialWork, plan: Any) -> Path | None:
     """The stored teacher top-k, if it was made for exactly the batches and k this trial uses."""
-    cfg, topk = work.config.distill, work.upstream.get("topk")
+    cfg, topk = work.config.distill, work.upstream.topk
     if topk is None or cfg.top_k is None or topk.manifest()["config"].get("k") != cfg.top_k:
         return None
     try:

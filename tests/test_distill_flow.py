@@ -25,12 +25,12 @@ def trained(tiny_pipeline):
 
 
 def refs(result):
-    return result.stages["curate"].corpus, result.stages["pretrain"].model
+    return result.curate.corpus, result.pretrain.model
 
 
 def upstream(result, *stages: str) -> PipelineResult:
     """The pipeline's results of `stages` (default: curation and pretraining), as a later stage gets them."""
-    return PipelineResult(stages={name: result.stages[name] for name in stages or ("curate", "pretrain")})
+    return PipelineResult(**{name: getattr(result, name) for name in stages or ("curate", "pretrain")})
 
 
 def test_distilled_student_beats_the_same_student_trained_from_scratch(trained):
@@ -42,7 +42,7 @@ def test_distilled_student_beats_the_same_student_trained_from_scratch(trained):
     corpus, teacher = refs(trained)
     runtime = config.runtime()
     scratch = distill_stage.fn(corpus, teacher, None, config.distill.model_copy(update={"alpha": 0.0}), runtime)
-    distilled = trained.stages["distill"].metrics["val_loss"]
+    distilled = trained.distill.metrics["val_loss"]
     from_scratch = scratch.manifest()["metrics"]["val_loss"]
     assert distilled < from_scratch - 0.1, (distilled, from_scratch)
 
@@ -50,9 +50,9 @@ def test_distilled_student_beats_the_same_student_trained_from_scratch(trained):
 def test_student_is_smaller_logged_and_registered_as_a_candidate(trained):
     from transformers import AutoModelForCausalLM
 
-    result = trained.stages["distill"]
+    result = trained.distill
     assert result.student_parameters < result.teacher_parameters
-    assert result.inputs.teacher.key == trained.stages["pretrain"].model.key
+    assert result.inputs.teacher.key == trained.pretrain.model.key
     client = mlflow.MlflowClient()
     run = client.get_run(result.mlflow_run_id)
     assert run.info.run_name == "distill"
@@ -62,8 +62,8 @@ def test_student_is_smaller_logged_and_registered_as_a_candidate(trained):
     assert int(run.data.params["parameters"]) == result.student_parameters
 
     version = client.get_model_version_by_alias("smolforge-student", "candidate")
-    assert version.tags["smolforge.teacher_key"] == trained.stages["pretrain"].model.key
-    assert version.tags["smolforge.corpus_key"] == trained.stages["curate"].corpus.key
+    assert version.tags["smolforge.teacher_key"] == trained.pretrain.model.key
+    assert version.tags["smolforge.corpus_key"] == trained.curate.corpus.key
     assert version.tags["smolforge.artifact_key"] == result.model.key
     path = Path(mlflow.artifacts.download_artifacts("models:/smolforge-student@candidate"))
     model = AutoModelForCausalLM.from_pretrained(path / "model")
@@ -75,7 +75,7 @@ def test_rerun_is_cached(trained, session_home):
     before = {p.name for p in store.root.glob("distilled/*")} | {p.name for p in store.root.glob("teacher-topk/*")}
     versions = len(mlflow.MlflowClient().search_model_versions("name='smolforge-student'"))
     again = pipeline(load_config("tiny", overrides=OVERRIDES))
-    assert again.stages["distill"].model == trained.stages["distill"].model
+    assert again.distill.model == trained.distill.model
     after = {p.name for p in store.root.glob("distilled/*")} | {p.name for p in store.root.glob("teacher-topk/*")}
     assert after == before
     assert len(mlflow.MlflowClient().search_model_versions("name='smolforge-student'")) == versions

@@ -28,13 +28,13 @@ def tuned(tiny_pipeline):
 
 def pretrained(result) -> PipelineResult:
     """The pipeline's pretraining result, as the finetune flow gets it from the pipeline."""
-    return PipelineResult(stages={"pretrain": result.stages["pretrain"]})
+    return PipelineResult(pretrain=result.pretrain)
 
 
 def test_lora_learns_the_instruction_set_and_drops_the_planted_records(tuned, sample_corpus):
-    result = tuned.stages["finetune"]
+    result = tuned.finetune
     metrics = result.metrics
-    assert result.inputs.base == tuned.stages["pretrain"].model  # the pipeline's pretrained base by default
+    assert result.inputs.base == tuned.pretrain.model  # the pipeline's pretrained base by default
     assert metrics["val_loss"] < metrics["first_val_loss"] - 0.1
     assert metrics["trainable_params"] < 0.1 * metrics["total_params"]
     summary = json.loads((sample_corpus / "CORPUS.json").read_text())
@@ -50,11 +50,11 @@ def test_lora_learns_the_instruction_set_and_drops_the_planted_records(tuned, sa
 
 def test_finetune_run_logs_curves_dropped_counts_and_sample_generations(tuned):
     client = mlflow.MlflowClient()
-    run = client.get_run(tuned.stages["finetune"].mlflow_run_id)
+    run = client.get_run(tuned.finetune.mlflow_run_id)
     assert run.info.run_name == "finetune"
     assert run.data.tags["mlflow.parentRunId"] == tuned.mlflow_run_id
     assert {"loss", "val_loss", "lr", "grad_norm", "data.dropped.not_json", "data.dropped.too_long"} <= set(run.data.metrics)
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == tuned.stages["finetune"].metrics["steps"]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == tuned.finetune.metrics["steps"]
     assert run.data.params["finetune.lora.r"] == "8" and run.data.params["finetune.method"] == "lora"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"samples.json", "data.json", "adapter"} <= artifacts
@@ -68,8 +68,8 @@ def test_the_registered_chat_model_loads_and_answers(tuned):
     from smolforge.tasks.curate.tokenizer import load_tokenizer
 
     version = mlflow.MlflowClient().get_model_version_by_alias("smolforge-chat", "candidate")
-    assert version.tags["smolforge.base_key"] == tuned.stages["pretrain"].model.key
-    assert version.tags["smolforge.artifact_key"] == tuned.stages["finetune"].model.key
+    assert version.tags["smolforge.base_key"] == tuned.pretrain.model.key
+    assert version.tags["smolforge.artifact_key"] == tuned.finetune.model.key
     path = Path(mlflow.artifacts.download_artifacts("models:/smolforge-chat@candidate"))
     model = AutoModelForCausalLM.from_pretrained(path / "model")
     tokenizer = load_tokenizer(str(path / "components" / "tokenizer"))
@@ -84,8 +84,8 @@ def test_rerun_is_cached(tuned, session_home):
     before = {p.name for p in store.root.glob("finetuned/*")}
     versions = len(mlflow.MlflowClient().search_model_versions("name='smolforge-chat'"))
     again = pipeline(load_config("tiny", overrides=OVERRIDES))
-    assert again.stages["finetune"].model == tuned.stages["finetune"].model
-    assert again.stages["finetune"].mlflow_run_id == tuned.stages["finetune"].mlflow_run_id  # no new training run
+    assert again.finetune.model == tuned.finetune.model
+    assert again.finetune.mlflow_run_id == tuned.finetune.mlflow_run_id  # no new training run
     assert {p.name for p in store.root.glob("finetuned/*")} == before
     assert len(mlflow.MlflowClient().search_model_versions("name='smolforge-chat'")) == versions
 

@@ -40,17 +40,17 @@ def unigram_entropy(corpus_json: Path) -> float:
 
 
 def test_three_stages_learn_below_the_unigram_entropy(trained):
-    stages = trained.stages["pretrain"].stages
+    stages = trained.pretrain.stages
     assert [s["stage"] for s in stages] == ["stable", "mix", "decay"]
     assert [s["steps"] for s in stages] == [150, 200, 240]  # one global step count across stages
-    entropy = unigram_entropy(Path(trained.stages["curate"].corpus.uri) / "corpus.json")
+    entropy = unigram_entropy(Path(trained.curate.corpus.uri) / "corpus.json")
     assert stages[-1]["val_loss"] < entropy - 0.3, (stages[-1]["val_loss"], entropy)
     assert stages[-1]["val_loss"] < stages[0]["val_loss"]
 
 
 def test_stage_runs_log_curves_samples_and_the_model_is_a_candidate(trained):
     client = mlflow.MlflowClient()
-    run = client.get_run(trained.stages["pretrain"].stages[0]["mlflow_run_id"])
+    run = client.get_run(trained.pretrain.stages[0]["mlflow_run_id"])
     # under a `pretrain` run: this one's, or the one that first trained the (cached) stage
     assert client.get_run(run.data.tags["mlflow.parentRunId"]).info.run_name == "pretrain"
     assert {"loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(run.data.metrics)
@@ -58,8 +58,8 @@ def test_stage_runs_log_curves_samples_and_the_model_is_a_candidate(trained):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"samples.json", "plan.json", "instability_events.json"} <= artifacts
     version = client.get_model_version_by_alias("smolforge-base", "candidate")
-    assert version.tags["smolforge.corpus_key"] == trained.stages["curate"].corpus.key
-    assert version.tags["smolforge.artifact_key"] == trained.stages["pretrain"].model.key
+    assert version.tags["smolforge.corpus_key"] == trained.curate.corpus.key
+    assert version.tags["smolforge.artifact_key"] == trained.pretrain.model.key
 
 
 def test_registered_model_loads_as_a_plain_transformers_model(trained):
@@ -76,15 +76,15 @@ def test_rerun_is_cached_and_changing_stage_three_reruns_only_stage_three(traine
     before = {p.name for p in store.root.glob("pretrained/*")}
     versions = len(mlflow.MlflowClient().search_model_versions("name='smolforge-base'"))
     again = pipeline(load_config("tiny"))
-    assert again.stages["pretrain"].model == trained.stages["pretrain"].model
+    assert again.pretrain.model == trained.pretrain.model
     assert {p.name for p in store.root.glob("pretrained/*")} == before
     assert len(mlflow.MlflowClient().search_model_versions("name='smolforge-base'")) == versions
 
     changed = pipeline(load_config("tiny", overrides=[*PRETRAIN_ONLY, "pretrain.stages.2.steps=30"]))
     after = {p.name for p in store.root.glob("pretrained/*")}
     assert len(after - before) == 1  # a new stage-3 artifact only
-    assert changed.stages["pretrain"].stages[1]["mlflow_run_id"] == trained.stages["pretrain"].stages[1]["mlflow_run_id"]
-    assert changed.stages["pretrain"].stages[2]["steps"] == 230
+    assert changed.pretrain.stages[1]["mlflow_run_id"] == trained.pretrain.stages[1]["mlflow_run_id"]
+    assert changed.pretrain.stages[2]["steps"] == 230
 
 
 def test_budget_beyond_the_data_is_refused_before_training(trained, session_home):
@@ -109,7 +109,7 @@ SHORT = [
 def test_ablation_variants_run_from_config_and_log_comparable_runs(trained, variant, expected):
     result = pipeline(load_config("tiny", overrides=PRETRAIN_ONLY + SHORT + variant))
     client = mlflow.MlflowClient()
-    last = client.get_run(result.stages["pretrain"].stages[-1]["mlflow_run_id"])
+    last = client.get_run(result.pretrain.stages[-1]["mlflow_run_id"])
     assert {k: last.data.params[k] for k in expected} == expected
     assert {"loss", "val_loss", "lr", "grad_norm"} <= set(last.data.metrics)
-    assert result.stages["pretrain"].stages[-1]["val_loss"] < result.stages["pretrain"].stages[0]["val_loss"] + 0.5
+    assert result.pretrain.stages[-1]["val_loss"] < result.pretrain.stages[0]["val_loss"] + 0.5

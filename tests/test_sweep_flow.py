@@ -49,12 +49,12 @@ def upstream(tiny_pipeline):
 def swept(upstream, session_home):
     config = load_config("tiny", overrides=[*NO_LATER_STAGES, f"sweep={SWEEP}"])
     url = default_storage(session_home)
-    name = study_name(config, upstream.stages["pretrain"].inputs.refs())
+    name = study_name(config, upstream.pretrain.inputs.refs())
     study = open_study(config.sweep, url, name)
     for lr in GOOD + BAD:
         study.enqueue_trial({"pretrain.optimizer.lr": lr})
     result = pipeline(config)
-    return {"config": config, "pipeline": result, "sweep": result.stages["sweep"], "study": study}
+    return {"config": config, "pipeline": result, "sweep": result.sweep, "study": study}
 
 
 def by_lr(study):
@@ -123,7 +123,7 @@ def test_a_crashed_sweep_resumes_and_reruns_the_trial_that_died(swept, upstream,
     dead.set_user_attr("mlflow_run_id", abandoned.info.run_id)
     time.sleep(config.sweep.grace + 1)
 
-    resumed = sweep(config, PipelineResult(stages={"pretrain": upstream.stages["pretrain"]}))
+    resumed = sweep(config, PipelineResult(pretrain=upstream.pretrain))
     assert resumed.study == name
     assert len(resumed.this_run) == 1  # the four finished trials were not run again
     trials = study.get_trials()
