@@ -57,7 +57,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import unicodedata
 import uuid
 from dataclasses import replace
@@ -70,7 +69,7 @@ from datatrove.utils.hashing import HashConfig, create_hash_func
 from datatrove.utils.text import TextNormConfig, ngrams, simplify_text
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, load_word_tokenizer, strip_strings
 
-from smolforge.artifacts import fsync_path
+from smolforge.artifacts import atomic_folder
 
 from .documents import Doc, StepResult
 
@@ -606,18 +605,12 @@ class DedupIndex:
     _FILES = {"index.npz", "meta.json"}
 
     def save(self, folder: str | Path) -> Path:
-        """Write to a temp folder beside `folder`, then rename it into place. Replacing an existing
-        index is rename(old -> backup), rename(temp -> folder), delete backup: readers see the old
-        or the new index complete, never a partial one (only a missing folder for an instant)."""
+        """Write to a temp folder beside `folder`, then rename it into place (`atomic_folder`):
+        readers see the old or the new index complete, never a partial one."""
         folder = Path(folder)
         if folder.exists() and not (folder.is_dir() and {p.name for p in folder.iterdir()} <= self._FILES):
             raise ValueError(f"{folder} exists and is not a DedupIndex folder; refusing to replace it")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = folder.with_name(f".{folder.name}.tmp-{tag}")
-        old = folder.with_name(f".{folder.name}.old-{tag}")
-        tmp.mkdir()
-        try:
+        with atomic_folder(folder) as tmp:
             id_blob, id_lengths = _pack_strings(self.ids)
             with open(tmp / "index.npz", "wb") as f:
                 np.savez(
@@ -628,8 +621,6 @@ class DedupIndex:
                     exact=self.exact,
                     buckets=self.buckets,
                 )
-                f.flush()
-                os.fsync(f.fileno())
             meta = {
                 "format": _INDEX_FORMAT,
                 "name": self.name,
@@ -638,21 +629,6 @@ class DedupIndex:
                 "docs": len(self),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            fsync_path(tmp / "meta.json")
-            fsync_path(tmp)
-            if folder.exists():
-                os.rename(folder, old)
-                try:
-                    os.rename(tmp, folder)
-                except BaseException:
-                    os.rename(old, folder)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, folder)
-            fsync_path(folder.parent)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     @classmethod
