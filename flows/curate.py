@@ -27,9 +27,10 @@ from smolforge.progress import wait_with_progress
 from smolforge.runners import task_runner_for
 from smolforge.runtime import Runtime
 from smolforge.tasks.curate import prefect_tasks as t
+from smolforge.tasks.curate.sources import InputFile, discover
 
 
-def _index_inputs(against: list[str], runtime: Runtime) -> list[t.InputFile]:
+def _index_inputs(against: list[str], runtime: Runtime) -> list[InputFile]:
     """Earlier dedup indexes, named by folder or by the key of the corpus that holds one."""
     found = []
     for entry in against:
@@ -46,7 +47,7 @@ def _index_inputs(against: list[str], runtime: Runtime) -> list[t.InputFile]:
                 f"curate.dedup.against: {entry!r} is neither a dedup index folder nor the key of a corpus in {runtime.root}"
             )
         digest = file_hash(folder / "index.npz")
-        found.append(t.InputFile(rel=folder.name, xxh3=digest, root=str(folder.parent)))
+        found.append(InputFile(rel=folder.name, xxh3=digest, root=str(folder.parent)))
     return found
 
 
@@ -82,7 +83,7 @@ def curate(config: PipelineConfig, upstream: PipelineResult | None = None, paren
         t.sample_corpus_task(str(data_dir), cfg.sample_corpus.scale)
 
     # Fail on configuration mistakes (a glob matching nothing, a missing index) before any work.
-    files = {s.name: t.discover(s, data_dir) for s in cfg.sources}
+    files = {s.name: discover(s, data_dir) for s in cfg.sources}
     against = _index_inputs(cfg.dedup.against, runtime)
     clock.lap("inputs")
 
@@ -147,7 +148,7 @@ def log_curation(
     config: PipelineConfig,
     corpus: ArtifactRef,
     report: dict[str, Any],
-    files: dict[str, list[t.InputFile]],
+    files: dict[str, list[InputFile]],
     data_dir: Path,
     parent_run_id: str | None,
 ) -> str:
