@@ -64,16 +64,12 @@ def run(
     from smolforge.flows.config import STAGES
     from smolforge.flows.pipeline import pipeline, stage_flow
     from smolforge.flows.results import PipelineResult
-    from smolforge.runners import task_runner_for
 
     try:
         if flow == "pipeline":
             result = pipeline(cfg)
         else:
-            run_flow = stage_flow(next(s for s in STAGES if s.name == flow))
-            if flow == "curate":
-                run_flow = run_flow.with_options(task_runner=task_runner_for(cfg.execution))
-            alone = run_flow(cfg)
+            alone = stage_flow(next(s for s in STAGES if s.name == flow), cfg.execution)(cfg)
             result = PipelineResult(mlflow_run_id=alone.mlflow_run_id, seconds=alone.seconds, **{flow: alone})
     except ConfigError as exc:
         _fail(str(exc))

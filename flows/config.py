@@ -36,12 +36,13 @@ class Stage(NamedTuple):
     name: str
     flow: str
     sweepable: bool = False  # a sweep can optimise this stage's settings
+    fans_out: bool = False  # submits many tasks at once: runs on the configured task runner (threads or Dask)
 
 
 # The pipeline runs these in order, each when its section is set; the CLI's flow list (and the
 # deployments) come from here. A new stage is one line here and one field in `PipelineConfig`.
 STAGES = (
-    Stage("curate", "smolforge.flows.curate:curate"),
+    Stage("curate", "smolforge.flows.curate:curate", fans_out=True),
     Stage("pretrain", "smolforge.flows.pretrain:pretrain", sweepable=True),
     Stage("distill", "smolforge.flows.distill:distill", sweepable=True),
     Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True),
