@@ -81,3 +81,23 @@ def test_nproc_two_in_a_fresh_project_folder_trains_like_one_process_and_registe
     # exact comparison above is what tells "the same training" from "another training".
     assert stages[2]["val_loss"] == pytest.approx(stages[1]["val_loss"], abs=0.05)
 
+
+def test_the_sweep_example_runs_from_its_config_file(sample_corpus, home, outside_env):
+    """`--config examples/sweep-tiny.yaml` as the README shows it, with the example's budget (its
+    `fixed` stages read sources these runs do not curate) and trial count cut down by `--set`."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "sweep-tiny.yaml"
+    fixed = (
+        "sweep.fixed={pretrain.stages: [{name: stable, steps: 16, seq_len: 64, mixture: {chat: 0.5, web: 0.5}}], "
+        "pretrain.schedule.warmup_steps: 4, pretrain.schedule.decay_fraction: 0.25, pretrain.eval_every: 4}"
+    )
+    done = smolforge(
+        outside_env, home, "run", "sweep", "--preset", "tiny", "--config", str(example), *small_run(sample_corpus),
+        "--set", "sweep.trials=2", "--set", fixed,
+    )
+    assert "study       2 complete," in done.stdout and (home / "optuna.db").is_file()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    sweep_run = client.get_run(done.stdout.split("MLflow run  ")[1].split()[0])
+    trials = client.search_runs(
+        [sweep_run.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep_run.info.run_id}'"
+    )
+    assert sweep_run.info.status == "FINISHED" and len(trials) == 2
