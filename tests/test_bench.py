@@ -25,7 +25,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 def test_quick_mode_completes_and_prints_its_tables(script, tables, tmp_path, outside_env):
     done = subprocess.run(
         [sys.executable, str(BENCH / script), "--quick"], cwd=tmp_path, env={**outside_env, "TMPDIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=1800,
     )
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     for line in tables:

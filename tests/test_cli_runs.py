@@ -35,7 +35,7 @@ def small_run(sample_corpus: Path) -> list[str]:
 def smolforge(env: dict[str, str], home: Path, *args: str) -> subprocess.CompletedProcess:
     """Run the command with `home` as the project folder."""
     done = subprocess.run(
-        [str(SMOLFORGE), *args], env={**env, "SMOLFORGE_HOME": str(home)}, capture_output=True, text=True, timeout=600
+        [str(SMOLFORGE), *args], env={**env, "SMOLFORGE_HOME": str(home)}, capture_output=True, text=True, timeout=1800
     )
     assert done.returncode == 0, f"smolforge {' '.join(args)}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done
