@@ -1,6 +1,6 @@
 """Curation benchmark: smolforge's curate flow against the same steps run by datatrove.
 
-    python bench/curation.py [--scale 4] [--repeats 3] [--workers 2] [--dt-tasks 4]
+    python bench/curation.py [--scale 4] [--repeats 3] [--workers 2] [--dt-tasks 4] [--kinds html,jsonl] [--quick]
 
 Two measurements, on one offline sample corpus built once at the start:
 
@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from quickmode import parse_args  # bench/, beside this script
 
 BENCH = Path(__file__).resolve().parent
 EXPERIMENT = "smolforge-bench"
@@ -82,12 +84,14 @@ def pipeline_config(corpus: Path, workers: int, kinds: set[str] | None = None, e
     sources = [s.model_dump() for s in preset.curate.sources if s.kind != "pdf"]
     if kinds is not None:
         sources = [s for s in sources if s["kind"] in kinds]
-    # Only curation is measured; a pretraining section would also name the removed sources.
-    no_pretrain = ["pretrain=null"] if getattr(preset, "pretrain", None) is not None else []
+    # Only curation is measured, and every later stage's mixture names sources removed here (the
+    # distillation's named `pdfs` and failed the bench before it timed anything).
     return load_config(
         "tiny",
         overrides=[
-            *no_pretrain,
+            "pretrain=null",
+            "distill=null",
+            "finetune=null",
             "curate.sample_corpus=null",
             f"curate.data_dir={json.dumps(str(corpus))}",
             f"curate.sources={json.dumps(sources)}",
@@ -413,7 +417,7 @@ def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     build_sample_corpus(corpus, scale=args.scale)
     log(f"  ready in {time.perf_counter() - t0:.1f}s")
 
-    cfg = pipeline_config(corpus, args.workers)
+    cfg = pipeline_config(corpus, args.workers, set(args.kinds.split(",")) if args.kinds else None)
     settings = root / "curate-settings.json"
     settings.write_text(json.dumps(cfg.curate.model_dump(mode="json"), indent=1))
     kinds = ", ".join(s.kind for s in cfg.curate.sources)
@@ -488,7 +492,8 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, help="parent folder of the temporary working folder")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (printed at the end)")
     parser.add_argument("--json", type=Path, help="also write all measurements to this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--kinds", help="only sources of these kinds, comma-separated (default: all but pdf)")
+    args = parse_args(parser, scale=1, repeats=1, kinds="html,jsonl")
     if args.repeats < 1 or args.workers < 1 or args.dt_tasks < 1 or args.scale < 1:
         parser.error("--scale, --repeats, --workers and --dt-tasks must be positive")
 

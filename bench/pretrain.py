@@ -1,6 +1,6 @@
 """Pretraining throughput: smolforge's stage loop against a bare PyTorch loop and transformers' Trainer.
 
-    python bench/pretrain.py [--repeats 5] [--steps 20] [--warmup 10] [--model tiny|small|both] [--threads N]
+    python bench/pretrain.py [--repeats 5] [--steps 20] [--warmup 10] [--model tiny|small|both] [--threads N] [--quick]
 
 Same model (SmolLM3 shape of the tiny preset: hidden 128, 4 layers, 4 heads / 2 KV, FFN 384, vocab
 4096; `small` is hidden 256 x 6 layers, FFN 768), same batches (8 x 128 tokens, packed documents with
@@ -56,6 +56,8 @@ from smolforge.tasks.train.config import PretrainConfig
 from smolforge.tasks.train.data import IGNORE_INDEX, CorpusSources, plan_stages, step_batches
 from smolforge.tasks.train.loop import StageRun, train_stage
 from smolforge.tasks.train.schedule import StageSchedule
+
+from quickmode import parse_args  # bench/, beside this script
 
 console = Console()
 SEQ, BATCH, VOCAB, LOG_EVERY = 128, 8, 4096, 10
@@ -316,7 +318,7 @@ def main() -> None:
         help="also time the loop with `compile: true` (logging to MLflow) and Trainer with torch_compile=True; "
         "each run compiles afresh (inductor's disk cache shortens all but the first)",
     )
-    args = parser.parse_args()
+    args = parse_args(parser, repeats=1, steps=10, warmup=10, threads=1)
     if args.steps % LOG_EVERY or args.warmup % LOG_EVERY or args.warmup < LOG_EVERY:
         parser.error(f"--steps and --warmup must be multiples of {LOG_EVERY} (--warmup at least {LOG_EVERY})")
 

@@ -41,7 +41,7 @@ class StageSpec(BaseModel):
     """Everything one stage needs, as plain values that survive a trip through a JSON file."""
 
     out: Path
-    workdir: Path
+    workdir: Path  # an existing folder kept across attempts (checkpoints, torchrun's spec and result)
     corpus: Path  # the corpus artifact folder (holds corpus.json)
     previous: Path | None  # the previous stage's artifact folder, or None for the first stage
     stage_index: int
