@@ -82,12 +82,13 @@ def pipeline_config(corpus: Path, workers: int, kinds: set[str] | None = None, e
     sources = [s.model_dump() for s in preset.curate.sources if s.kind != "pdf"]
     if kinds is not None:
         sources = [s for s in sources if s["kind"] in kinds]
-    # Only curation is measured; a pretraining section would also name the removed sources.
-    no_pretrain = ["pretrain=null"] if getattr(preset, "pretrain", None) is not None else []
+    # Only curation is measured; the later stages' sections (their mixtures name the removed
+    # sources) are turned off.
+    later = [f"{stage}=null" for stage in ("pretrain", "distill", "finetune") if getattr(preset, stage, None) is not None]
     return load_config(
         "tiny",
         overrides=[
-            *no_pretrain,
+            *later,
             "curate.sample_corpus=null",
             f"curate.data_dir={json.dumps(str(corpus))}",
             f"curate.sources={json.dumps(sources)}",
@@ -150,15 +151,18 @@ def instrument_flow() -> None:
     _STOPWATCH = CpuStopwatch
 
 
-def run_flow(cfg) -> dict[str, Any]:
+def run_flow(cfg) -> tuple[Any, dict[str, Any]]:
+    """The flow's typed result, and what the bench measures around it (wall time, CPU per phase)."""
     from smolforge.flows.curate import curate
     from smolforge.runners import task_runner_for
 
     wall = time.perf_counter()
     result = curate.with_options(task_runner=task_runner_for(cfg.execution))(cfg)
-    result["wall"] = round(time.perf_counter() - wall, 3)  # with Prefect's flow-run set-up around the body
-    result["cpu_timings"] = _STOPWATCH.last.cpu_laps
-    return result
+    measured = {
+        "wall": round(time.perf_counter() - wall, 3),  # with Prefect's flow-run set-up around the body
+        "cpu_timings": _STOPWATCH.last.cpu_laps,
+    }
+    return result, measured
 
 
 def smolforge_kept_ids(home: Path) -> list[str]:
@@ -177,21 +181,21 @@ def smolforge_repeat(cfg, home: Path) -> dict[str, Any]:
     home.mkdir(parents=True)
     os.environ["SMOLFORGE_HOME"] = str(home)
     parallel.shutdown()  # a cold worker pool, as in a fresh `smolforge run curate`
-    first = run_flow(cfg)
-    second = run_flow(cfg)
-    if second["corpus"]["key"] != first["corpus"]["key"]:
+    first, first_m = run_flow(cfg)
+    second, second_m = run_flow(cfg)
+    if second.corpus.key != first.corpus.key:
         raise BenchError("the re-run produced another corpus: something in the flow is not deterministic")
-    funnel = {row["step"]: row for row in first["funnel"]}
+    funnel = {row["step"]: row for row in first.funnel}
     return {
-        "timings": first["timings"],
-        "seconds": first["seconds"],
-        "phases_s": round(sum(first["timings"][p] for p in SF_PHASES), 3),
-        "cpu": round(sum(first["cpu_timings"][p] for p in SF_PHASES), 2),
-        "cpu_timings": first["cpu_timings"],
-        "rerun_seconds": second["seconds"],
-        "wall": first["wall"],
-        "rerun_wall": second["wall"],
-        "rerun_timings": second["timings"],
+        "timings": first.timings,
+        "seconds": first.seconds,
+        "phases_s": round(sum(first.timings[p] for p in SF_PHASES), 3),
+        "cpu": round(sum(first_m["cpu_timings"][p] for p in SF_PHASES), 2),
+        "cpu_timings": first_m["cpu_timings"],
+        "rerun_seconds": second.seconds,
+        "wall": first_m["wall"],
+        "rerun_wall": second_m["wall"],
+        "rerun_timings": second.timings,
         "funnel": {step: funnel[step]["docs_out"] for step in ("extract", "language", "quality", "pii", "dedup")},
         "docs_in": funnel["extract"]["docs_in"],
         "kept_ids": smolforge_kept_ids(home),
