@@ -347,6 +347,11 @@ def report(results: dict[str, Any]) -> None:
         f"kept by both: {len(a & b)}; only smolforge: {len(a - b)} {sorted(a - b)[:5]}; "
         f"only datatrove: {len(b - a)} {sorted(b - a)[:5]}"
     )
+    console.print(
+        "[bold]identical[/] documents out of every step and kept ids, both sides, every repeat"
+        if not results["differences"]
+        else "[bold red]NOT identical[/]: " + "; ".join(results["differences"])
+    )
 
     first = [r["seconds"] for r in sf]
     second = [r["rerun_seconds"] for r in sf]
@@ -476,10 +481,26 @@ def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     )
     if timeouts:
         log(f"WARNING: datatrove's Trafilatura timed out or failed on {timeouts} pages over all repeats")
-    kept_sf, kept_dt = len(sf0["kept_ids"]), dt0["kept"]
-    if abs(kept_sf - kept_dt) > max(2, 0.05 * max(kept_sf, kept_dt)):
-        log(f"WARNING: the sides keep different numbers of documents ({kept_sf} vs {kept_dt}): the comparison is not like for like")
+    results["differences"] = differences(results)
+    for problem in results["differences"]:
+        log(f"WARNING: the sides differ ({problem}): the comparison is not like for like")
     return results
+
+
+def differences(results: dict[str, Any]) -> list[str]:
+    """Where the two sides did not do the same work: documents out of any step, or the kept ids,
+    in any repeat (each side is also compared with its own first repeat). Empty when identical."""
+    found = []
+    reference = results["smolforge"][0]
+    for side in ("smolforge", "datatrove"):
+        for i, r in enumerate(results[side], 1):
+            funnel = r["funnel"] if side == "smolforge" else datatrove_funnel(r["counts"], r["kept"])
+            for step, docs in funnel.items():
+                if docs != reference["funnel"][step]:
+                    found.append(f"{side} repeat {i}: {step} passed {docs} documents, smolforge repeat 1 {reference['funnel'][step]}")
+            if r["kept_ids"] != reference["kept_ids"]:
+                found.append(f"{side} repeat {i}: other kept ids than smolforge repeat 1")
+    return found
 
 
 def main() -> None:
