@@ -15,6 +15,8 @@ match is one token (spaCy splits only where one of them matches); only the other
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, load_word_tokenizer, strip_strings
 
 # Languages whose datatrove tokenizer segments by context rather than whitespace-separated words
@@ -56,10 +58,19 @@ class WordSplitter:
         hard = sorted(w for w in new if self._maybe_split(w))
         cache.update((w, (w,)) for w in new)
         if hard:
+            # One spaCy call for all of them, a newline between two chunks: the newline is a token of
+            # its own, so no special case can match across it, and each chunk is tokenised as in its text.
+            ends = list(accumulate(len(w) + 1 for w in hard))
+            tokens: list[list[str]] = [[] for _ in hard]
             nlp = self.tokenizer.tokenizer  # the blank spaCy pipeline datatrove builds
             with nlp.memory_zone():  # datatrove's guard against spaCy's string-store growth
-                for word, doc in zip(hard, nlp.tokenizer.pipe(hard)):
-                    cache[word] = tuple(strip_strings([tok.text for tok in doc]))
+                k = 0
+                for tok in nlp.tokenizer("\n".join(hard)):
+                    while tok.idx >= ends[k]:
+                        k += 1
+                    tokens[k].append(tok.text)
+            for word, toks in zip(hard, tokens):
+                cache[word] = tuple(strip_strings(toks))
 
     def __call__(self, text: str) -> list[str]:
         if not self.per_word:
