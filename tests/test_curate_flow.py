@@ -48,11 +48,11 @@ def store(session_home) -> ArtifactStore:
 
 
 def test_funnel_counts_chain_and_nothing_disappears(first_run):
-    rows = first_run["curate"]["funnel"]
+    rows = first_run.get("curate").funnel
     assert [r["step"] for r in rows] == ["extract", "language", "quality", "pii", "dedup", "pack"]
     for before, after in zip(rows, rows[1:]):
         assert before["docs_out"] == after["docs_in"]
-    corpus = Path(first_run["curate"]["corpus"]["uri"])
+    corpus = Path(first_run.get("curate").corpus.uri)
     dropped = pd.read_parquet(corpus / "dropped.parquet")
     assert rows[0]["docs_in"] == rows[-1]["docs_out"] + len(dropped)
     assert dropped["reason"].str.len().min() > 0 and not dropped["id"].duplicated().any()
@@ -60,7 +60,7 @@ def test_funnel_counts_chain_and_nothing_disappears(first_run):
 
 
 def test_planted_cases_are_dropped_with_their_reasons(first_run):
-    dropped = pd.read_parquet(Path(first_run["curate"]["corpus"]["uri"]) / "dropped.parquet")
+    dropped = pd.read_parquet(Path(first_run.get("curate").corpus.uri) / "dropped.parquet")
     reason = dict(zip(dropped["id"], dropped["reason"]))
     assert reason["web/binary_image.html"] == "binary_file"
     assert reason["web/empty.html"] == "empty_file"
@@ -83,7 +83,7 @@ def test_planted_cases_are_dropped_with_their_reasons(first_run):
 
 
 def test_curated_text_is_masked_and_packed(first_run, store):
-    corpus = Path(first_run["curate"]["corpus"]["uri"])
+    corpus = Path(first_run.get("curate").corpus.uri)
     report = json.loads((corpus / "corpus.json").read_text())
     texts = [d.text for ref in store.root.glob("deduped/*") for d in read_docs(ref / "docs.parquet")]
     emails = {m for t in texts for m in re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", t)}
@@ -98,11 +98,11 @@ def test_curated_text_is_masked_and_packed(first_run, store):
 
 
 def test_mlflow_has_parent_and_child_runs_with_metrics_artifacts_datasets(first_run):
-    parent = mlflow.get_run(first_run["mlflow_run_id"])
+    parent = mlflow.get_run(first_run.mlflow_run_id)
     assert parent.data.tags.get("prefect.flow_run_id")
-    child = mlflow.get_run(first_run["curate"]["mlflow_run_id"])
+    child = mlflow.get_run(first_run.get("curate").mlflow_run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert child.data.metrics["extract.docs_in"] == first_run["curate"]["funnel"][0]["docs_in"]
+    assert child.data.metrics["extract.docs_in"] == first_run.get("curate").funnel[0]["docs_in"]
     assert child.data.metrics["dropped.dedup.exact_duplicate"] == 1
     assert child.data.params["curate.language.threshold"] == "0.65"
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id, "curation")}
@@ -114,7 +114,7 @@ def test_mlflow_has_parent_and_child_runs_with_metrics_artifacts_datasets(first_
 def test_rerun_with_nothing_changed_does_no_work(first_run, store):
     before = manifests(store)
     again = pipeline(tiny())
-    assert again["curate"]["corpus"] == first_run["curate"]["corpus"]
+    assert again.get("curate").corpus == first_run.get("curate").corpus
     assert manifests(store) == before
 
 
@@ -126,13 +126,13 @@ def test_one_changed_threshold_reruns_that_step_and_what_follows(first_run, stor
     assert "extracted" not in new_kinds and "language" not in new_kinds
     assert {"quality", "corpus"} <= new_kinds
     assert all(after[k] == v for k, v in before.items())  # nothing earlier was rewritten
-    assert changed["curate"]["corpus"]["key"] != first_run["curate"]["corpus"]["key"]
+    assert changed.get("curate").corpus.key != first_run.get("curate").corpus.key
 
 
 def test_deleted_or_corrupted_artifact_is_recomputed(first_run, store):
     language = sorted(store.root.glob("language/*"))[0]
     shutil.rmtree(language)
-    report = json.loads((Path(first_run["curate"]["corpus"]["uri"]) / "corpus.json").read_text())
+    report = json.loads((Path(first_run.get("curate").corpus.uri) / "corpus.json").read_text())
     tokenizer = Path(report["tokenizer"])
     (tokenizer / "tokenizer.json").write_text("{}")
     before = manifests(store)
@@ -141,7 +141,7 @@ def test_deleted_or_corrupted_artifact_is_recomputed(first_run, store):
     assert (language / "manifest.json").exists() and store.problem("tokenizer", tokenizer.name) is None
     recomputed = {k for k in after if k not in before or after[k] != before[k]}
     assert recomputed == {("language", language.name), ("tokenizer", tokenizer.name)}
-    assert again["curate"]["corpus"] == first_run["curate"]["corpus"]
+    assert again.get("curate").corpus == first_run.get("curate").corpus
 
 
 def test_glob_matching_nothing_fails_before_any_work(session_home, sample_corpus, store):
@@ -154,16 +154,16 @@ def test_glob_matching_nothing_fails_before_any_work(session_home, sample_corpus
 def test_later_run_deduplicates_against_an_earlier_corpus(first_run, session_home, sample_corpus):
     """The modern-spelling plays failed quality in the first run, so they are new to its index;
     with that rule off they come back and are kept, while the plays seen before are dropped."""
-    key = first_run["curate"]["corpus"]["key"]
+    key = first_run.get("curate").corpus.key
     overrides = [
         f"curate.dedup.against=[{key}]",
         "curate.sources=[{name: books, kind: text, path: 'text/*.txt', language: en}]",
         "curate.quality.gopher_quality=null",
     ]
     result = pipeline(tiny(*overrides))
-    drops = result["curate"]["drops"]["dedup"]
+    drops = result.get("curate").drops["dedup"]
     assert drops["duplicate_of_index"] >= 4
-    kept = next(r for r in result["curate"]["funnel"] if r["step"] == "dedup")["docs_out"]
+    kept = next(r for r in result.get("curate").funnel if r["step"] == "dedup")["docs_out"]
     assert kept >= 1
 
 
@@ -201,15 +201,15 @@ def test_ui_serves_the_flow_runs_and_the_mlflow_runs(first_run, session_home):
         flows = _post(f"{prefect_api}/flow_runs/filter", {"limit": 50})
         names = {f["name"] for f in flows}
         assert names, "no flow runs visible"
-        pipeline_run = next(f for f in flows if f["id"] == mlflow.get_run(first_run["mlflow_run_id"]).data.tags["prefect.flow_run_id"])
+        pipeline_run = next(f for f in flows if f["id"] == mlflow.get_run(first_run.mlflow_run_id).data.tags["prefect.flow_run_id"])
         assert pipeline_run["state_type"] == "COMPLETED"
         tasks = _post(f"{prefect_api}/task_runs/filter", {"limit": 200})
         assert len(tasks) > 20
         runs = _post(
             f"http://127.0.0.1:{ports[1]}/api/2.0/mlflow/runs/search",
-            {"experiment_ids": [mlflow.get_run(first_run["mlflow_run_id"]).info.experiment_id], "max_results": 50},
+            {"experiment_ids": [mlflow.get_run(first_run.mlflow_run_id).info.experiment_id], "max_results": 50},
         )["runs"]
-        assert first_run["curate"]["mlflow_run_id"] in {r["info"]["run_id"] for r in runs}
+        assert first_run.get("curate").mlflow_run_id in {r["info"]["run_id"] for r in runs}
         with urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/", timeout=10) as page:
             assert page.status == 200
     finally:

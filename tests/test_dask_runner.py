@@ -31,6 +31,6 @@ def _run(runner: str, sample_corpus, home, monkeypatch):
 def test_dask_runner_matches_local_runner(sample_corpus, tmp_path, monkeypatch):
     on_dask = _run("dask", sample_corpus, tmp_path / "dask", monkeypatch)
     local = _run("local", sample_corpus, tmp_path / "local", monkeypatch)
-    assert on_dask["funnel"] == local["funnel"]
-    assert on_dask["corpus"]["key"] == local["corpus"]["key"]
-    assert on_dask["funnel"][0]["docs_in"] > 20
+    assert on_dask.funnel == local.funnel
+    assert on_dask.corpus.key == local.corpus.key
+    assert on_dask.funnel[0]["docs_in"] > 20
