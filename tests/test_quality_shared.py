@@ -20,10 +20,8 @@ from smolforge.tasks.curate.documents import Doc
 from smolforge.tasks.curate.quality import (
     STOP_WORDS,
     DocFeatures,
+    NGrams,
     QualityStep,
-    _all_duplicate_chars,
-    _Concatenation,
-    _top_duplicate_chars,
 )
 from smolforge.tasks.curate.words import splitter
 
@@ -161,9 +159,9 @@ def test_n_gram_counts_match_datatrove_including_joins_that_collide():
     cases = [[rng.choice(vocab) for _ in range(rng.randint(0, 80))] for _ in range(300)]
     cases += [splitter("en")(CLEAN * 3), splitter("en")("market square " * 50)]
     for words in cases:
-        joined = _Concatenation(words)
-        for n in range(5, 11):
-            assert _all_duplicate_chars(words, n, joined) == find_all_duplicate(words, n)
+        grams = NGrams(words)
         for n in (2, 3, 4):
             if len(words) >= n:
-                assert _top_duplicate_chars(words, n) == find_top_duplicate(get_n_grams(words, n))
+                assert grams.top_duplicate_chars(n) == find_top_duplicate(get_n_grams(words, n))
+        for n in range(5, 11):
+            assert grams.all_duplicate_chars(n) == find_all_duplicate(words, n)

@@ -18,7 +18,6 @@ so a normal document in that language passes the `min_stop_words` rule as an Eng
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import ClassVar
@@ -80,72 +79,91 @@ class DocFeatures:
         return self.text.splitlines()
 
 
-def _top_duplicate_chars(words: list[str], n: int) -> int:
-    """datatrove's `find_top_duplicate(get_n_grams(words, n))`, counting word tuples instead of
-    " "-joined strings: words never contain whitespace, so joining is one-to-one, and `most_common(1)`
-    picks the first-seen n-gram among equally frequent ones in both forms."""
-    gram, count = Counter(zip(*(words[i:] for i in range(n)))).most_common(1)[0]
-    return (sum(map(len, gram)) + n - 1) * count
-
-
 _B = np.uint64(0x9E3779B97F4A7C15)  # odd, so it has an inverse modulo 2**64
 _B_INV = np.uint64(pow(int(_B), -1, 2**64))
 
 
-class _Concatenation:
-    """The words joined with nothing between them (as datatrove's `find_all_duplicate` joins an
-    n-gram), the offset of each word in it, and a polynomial hash of every substring that starts and
-    ends at word boundaries: hash(a, b) is a function of the characters alone, so two equal n-gram
-    strings always have equal hashes (unequal ones almost never do, and are told apart by comparing
-    the strings)."""
+class NGrams:
+    """The n-gram data of one document's words, for Gopher repetition's n-gram rules.
+
+    * Each word gets an integer id, and each n-gram an id (the ids of its (n-1)-gram and of its last
+      word, ranked), so equal ids mean equal word sequences.
+    * The words joined with nothing between them (as datatrove's `find_all_duplicate` joins an
+      n-gram), the offset of each word in that string, and a polynomial hash modulo 2**64 of every
+      substring between word boundaries: it is a function of the characters alone, so two equal
+      n-gram strings always have equal hashes (unequal ones almost never do, and are told apart by
+      comparing the strings).
+    """
 
     def __init__(self, words: list[str]):
-        self.text = "".join(words)
+        self.words = words
+        vocabulary: dict[str, int] = {}
+        self.ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), dtype=np.int64, count=len(words))
+        self._vocabulary_size = max(len(vocabulary), 1)
+        self._gram_ids: dict[int, np.ndarray] = {1: self.ids}
         self.offsets = np.zeros(len(words) + 1, dtype=np.int64)
-        np.cumsum([len(w) for w in words], out=self.offsets[1:])
-        codes = np.frombuffer(self.text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        powers = np.empty(len(codes) + 1, dtype=np.uint64)
-        powers[0] = 1
-        inverse = powers.copy()
-        with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
-            np.cumprod(np.full(len(codes), _B), out=powers[1:])
-            np.cumprod(np.full(len(codes), _B_INV), out=inverse[1:])
-            self._prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
-            np.cumsum(codes * powers[:-1], out=self._prefix[1:])
-        self._inverse = inverse
+        np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=self.offsets[1:])
+        self.text = "".join(words)
+        self._prefix: np.ndarray | None = None
 
-    def ngram_hashes(self, n: int) -> np.ndarray:
+    def _ids(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per n-gram position its id; per id its first position and its count."""
+        below = self._gram_ids[n - 1] if n - 1 in self._gram_ids else self._ids(n - 1)[0]
+        # n-gram ids are below len(words), word ids below the vocabulary size: the key fits in 63 bits
+        key = below[:-1] * self._vocabulary_size + self.ids[n - 1 :]
+        _, first, ids, counts = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+        self._gram_ids[n] = ids
+        return ids, first, counts
+
+    def top_duplicate_chars(self, n: int) -> int:
+        """datatrove's `find_top_duplicate(get_n_grams(words, n))` (gopher_repetition_filter.py): the
+        characters of the " "-joined most frequent n-gram times its count. `Counter.most_common(1)`
+        picks the first-seen n-gram among equally frequent ones; so does this."""
+        _, first, counts = self._ids(n)
+        top = counts.max()
+        pos = int(first[counts == top].min())
+        return int(self.offsets[pos + n] - self.offsets[pos] + n - 1) * int(top)
+
+    def _hashes(self, n: int) -> np.ndarray:
+        if self._prefix is None:
+            codes = np.frombuffer(self.text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+            powers = np.ones(len(codes) + 1, dtype=np.uint64)
+            self._inverse = np.ones(len(codes) + 1, dtype=np.uint64)
+            self._prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
+            with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+                np.cumprod(np.full(len(codes), _B), out=powers[1:])
+                np.cumprod(np.full(len(codes), _B_INV), out=self._inverse[1:])
+                np.cumsum(codes * powers[:-1], out=self._prefix[1:])
         start, end = self.offsets[:-n], self.offsets[n:]
         with np.errstate(over="ignore"):
             return (self._prefix[end] - self._prefix[start]) * self._inverse[start]
 
+    def all_duplicate_chars(self, n: int) -> int:
+        """datatrove's `find_all_duplicate(words, n)` (gopher_repetition_filter.py): the same walk over
+        the n-gram strings, visiting only the positions whose string may occur elsewhere in the text.
 
-def _all_duplicate_chars(words: list[str], n: int, joined: _Concatenation) -> int:
-    """datatrove's `find_all_duplicate(words, n)` (gopher_repetition_filter.py), the same walk over
-    the n-gram strings, visiting only the positions whose string may occur elsewhere in the text.
-
-    datatrove walks every position: a string seen before (at a position it visited) counts its
-    characters and moves n words on, a new one is remembered and moves one word on. A position
-    whose hash occurs at no other position holds a string that occurs nowhere else: remembering it
-    changes nothing, and it is never counted, so the walk only needs the positions with a shared hash."""
-    if len(words) < n:
-        return 0
-    hashes = joined.ngram_hashes(n)
-    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
-    text, offsets = joined.text, joined.offsets
-    seen: set[str] = set()
-    repeated, idx = 0, 0
-    for pos in np.flatnonzero(counts[inverse] > 1).tolist():
-        if pos < idx:
-            continue
-        gram = text[offsets[pos] : offsets[pos + n]]
-        if gram in seen:
-            repeated += len(gram)
-            idx = pos + n
-        else:
-            seen.add(gram)
-            idx = pos + 1
-    return repeated
+        datatrove walks every position: a string seen before (at a position it visited) counts its
+        characters and moves n words on, a new one is remembered and moves one word on. A position
+        whose hash occurs at no other position holds a string that occurs nowhere else: remembering
+        it changes nothing and it is never counted, so the walk needs only the positions with a
+        shared hash."""
+        if len(self.words) < n:
+            return 0
+        _, inverse, counts = np.unique(self._hashes(n), return_inverse=True, return_counts=True)
+        text, offsets = self.text, self.offsets
+        seen: set[str] = set()
+        repeated, idx = 0, 0
+        for pos in np.flatnonzero(counts[inverse] > 1).tolist():
+            if pos < idx:
+                continue
+            gram = text[offsets[pos] : offsets[pos + n]]
+            if gram in seen:
+                repeated += len(gram)
+                idx = pos + n
+            else:
+                seen.add(gram)
+                idx = pos + 1
+        return repeated
 
 
 class GopherRepetition:
@@ -176,15 +194,14 @@ class GopherRepetition:
             return "dup_line_frac"
         if cfg.dup_line_char_frac and char_duplicates / len(text) > cfg.dup_line_char_frac:
             return "dup_line_char_frac"
-        words = doc.words
+        grams = NGrams(doc.words)
         for n, n_frac in self.top_n_grams:
-            if len(words) < n:  # datatrove: no n-grams, rule skipped
+            if len(grams.words) < n:  # datatrove: no n-grams, rule skipped
                 continue
-            if _top_duplicate_chars(words, n) / len(text) > n_frac:
+            if grams.top_duplicate_chars(n) / len(text) > n_frac:
                 return f"top_{n}_gram"
-        joined = _Concatenation(words)
         for n, n_frac in self.dup_n_grams:
-            if _all_duplicate_chars(words, n, joined) / len(text) > n_frac:
+            if grams.all_duplicate_chars(n) / len(text) > n_frac:
                 return f"duplicated_{n}_n_grams"
         return None
 
