@@ -4,11 +4,12 @@ Order as in FineWeb: Gopher repetition, Gopher quality, C4 (which also removes b
 change the text), FineWeb's own rules. Each of datatrove's filters re-tokenises the text with spaCy
 (`split_into_words`, and C4 one `split_into_sentences` per kept line), which was ~80 % of
 curation's time. Here a document's derived data (`DocFeatures`: its words, as datatrove's word
-tokenizer for the document's language gives them, and its lines) is computed once and every rule
-reads it; when C4 removes lines, the data follows the new text. Each rule keeps the arithmetic and
-the order of checks of the datatrove file it names, and datatrove's own helpers where it has them;
-tests/test_quality.py checks that every rule gives datatrove's verdict (and C4 its text) on the
-same documents, the sample corpus's included.
+tokenizer for the document's language gives them, and its lines; `NGrams` for the repetition rules)
+is computed once and every rule reads it; when C4 removes lines, the data follows the new text. Each
+rule keeps the checks, their order and their arithmetic from the datatrove file it names, and uses
+datatrove's own helpers and constants where it has them; tests/test_quality_shared.py checks that
+every rule gives datatrove's verdict (and C4 its text) on the same documents, the sample corpus's
+included.
 
 Gopher's stop-word rule ships only the English list ("the, be, to, of, and, that, have, with"); the
 lists for the other SmolLM3 languages below are ours: the same kind of very frequent function words,
@@ -334,24 +335,25 @@ class QualityStep(Step):
 
     cfg: QualityConfig
     name: ClassVar[str] = STEP
-    _rules: dict[str, list] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _rules: dict[str, tuple[WordSplitter, list]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
         return {"cfg": self.cfg, "_rules": {}}  # rules are rebuilt in the process that runs them
 
     def rules(self, language: str) -> tuple[WordSplitter, list]:
+        """The language's word splitter and the enabled rule sets, built on first use in this process."""
         if language not in self._rules:
             try:
                 words = splitter(language)
             except ValueError as exc:
                 raise ValueError(f"quality filters have no word tokenizer for language {language!r}: {exc}") from None
-            self._rules[language] = [words] + [
+            rules = [
                 (family, rule(getattr(self.cfg, family), language))
                 for family, rule in RULE_SETS.items()
                 if getattr(self.cfg, family) is not None
             ]
-        words, *rules = self._rules[language]
-        return words, rules
+            self._rules[language] = (words, rules)
+        return self._rules[language]
 
     def run(self, docs: list[Doc]) -> StepResult:
         result = StepResult()
