@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from quickmode import parse_args  # bench/, beside this script
 from rich.console import Console
 from rich.table import Table
 
@@ -56,8 +57,6 @@ from smolforge.tasks.train.config import PretrainConfig
 from smolforge.tasks.train.data import IGNORE_INDEX, CorpusSources, plan_stages, step_batches
 from smolforge.tasks.train.loop import StageRun, train_stage
 from smolforge.tasks.train.schedule import StageSchedule
-
-from quickmode import parse_args  # bench/, beside this script
 
 console = Console()
 SEQ, BATCH, VOCAB, LOG_EVERY = 128, 8, 4096, 10

@@ -27,6 +27,7 @@ from smolforge.progress import wait_with_progress
 from smolforge.runners import task_runner_for
 from smolforge.runtime import Runtime
 from smolforge.tasks.curate import prefect_tasks as t
+from smolforge.tasks.curate.dedup import SignatureSettings
 from smolforge.tasks.curate.sources import InputFile, discover
 
 
@@ -89,21 +90,22 @@ def curate(config: PipelineConfig, upstream: PipelineResult | None = None, paren
 
     steps: dict[str, list[PrefectFuture]] = {k: [] for k in ("extract", "language", "quality", "pii", "minhash")}
     by_source: dict[str, list[PrefectFuture]] = {}
+    signature_settings = SignatureSettings.of(cfg.dedup)
     for source in cfg.sources:
         for chunk in _chunks(files[source.name], cfg.extract.files_per_shard):
-            ex = t.extract_shard.submit(source, chunk, cfg.extract, runtime)
-            la = t.language_shard.submit(ex, cfg.language, source.language, runtime)
-            qu = t.quality_shard.submit(la, cfg.quality, runtime)
-            pi = t.pii_shard.submit(qu, cfg.pii, runtime)
-            mh = t.minhash_shard.submit(pi, t.minhash_options(cfg.dedup), runtime)
-            for name, fut in zip(steps, (ex, la, qu, pi, mh)):
+            extracted = t.extract_shard.submit(source, chunk, cfg.extract, runtime)
+            identified = t.language_shard.submit(extracted, cfg.language, source.language, runtime)
+            filtered = t.quality_shard.submit(identified, cfg.quality, runtime)
+            masked = t.pii_shard.submit(filtered, cfg.pii, runtime)
+            signed = t.minhash_shard.submit(masked, signature_settings, runtime)
+            for name, fut in zip(steps, (extracted, identified, filtered, masked, signed)):
                 steps[name].append(fut)
-            by_source.setdefault(source.name, []).append(pi)
+            by_source.setdefault(source.name, []).append(masked)
     wait_with_progress(steps)
     clock.lap("documents")
 
     plan = t.dedup_plan(steps["minhash"], against, cfg.dedup, runtime)
-    deduped = {name: [t.dedup_shard.submit(pi, plan, runtime) for pi in futs] for name, futs in by_source.items()}
+    deduped = {name: [t.dedup_shard.submit(masked, plan, runtime) for masked in shards] for name, shards in by_source.items()}
     wait_with_progress({"dedup": [f for futs in deduped.values() for f in futs]})
     deduped_refs = {name: [f.result() for f in futs] for name, futs in deduped.items()}
     clock.lap("dedup")
