@@ -120,4 +120,4 @@ def load_config(
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_errors(exc)) from None
+        raise ConfigError(describe_errors(exc, PipelineConfig)) from None
