@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from smolforge.flows.config import FLOWS
+from smolforge.flows.config import ARTIFACT_KINDS, DEFAULT_PRESET, FLOWS, available_presets
 
 app = typer.Typer(
     help="Make small language models as an orchestrated, reproducible pipeline (Prefect + MLflow).",
@@ -19,7 +19,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Users paste keys and paths from this output (a corpus key into `curate.dedup.against`), so a line
+# is never broken inside them, and when the output is not a terminal (a pipe, a CI log) tables take
+# the width of their content instead of rich's 80-column default.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1_000)
 
 
 def _fail(message: str) -> None:
@@ -30,7 +33,12 @@ def _fail(message: str) -> None:
 @app.command()
 def run(
     flow: Annotated[str, typer.Argument(help=f"Which flow: {', '.join(FLOWS)}.")] = "pipeline",
-    preset: Annotated[Optional[str], typer.Option(help="Preset name (default: tiny, unless --config is given).")] = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"Preset: {', '.join(available_presets())}. \\[default: {DEFAULT_PRESET}; none when --config is given]"
+        ),
+    ] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file merged over the preset.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override one setting: section.field=value (repeatable).")] = [],
 ) -> None:
@@ -42,7 +50,7 @@ def run(
     if flow not in FLOWS:
         _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
     try:
-        cfg = load_config(preset or (None if config else "tiny"), config, set_)
+        cfg = load_config(preset or (None if config else DEFAULT_PRESET), config, set_)
     except ConfigError as exc:
         _fail(str(exc))
     if flow != "pipeline" and getattr(cfg, flow) is None:
@@ -191,7 +199,7 @@ def _where_to_look(result, experiment: str) -> None:
 
     curated = result.get("curate")
     if curated is not None:
-        console.print(f"corpus      {curated.corpus.uri}")
+        console.print(f"corpus      {curated.corpus.key}  {curated.corpus.uri}")
     if result.mlflow_run_id:
         console.print(f"MLflow run  {result.mlflow_run_id}  {tracking.run_url(result.mlflow_run_id, experiment)}")
     console.print(f"            tracking store {mlflow_tracking_uri(project_home())}")
@@ -201,11 +209,13 @@ def _where_to_look(result, experiment: str) -> None:
 
 
 @app.command()
-def artifacts(kind: Annotated[Optional[str], typer.Option(help="Only this kind.")] = None) -> None:
+def artifacts(kind: Annotated[Optional[str], typer.Option(help=f"Only this kind: {', '.join(ARTIFACT_KINDS)}.")] = None) -> None:
     """List artifacts with their size, age and lineage (the artifacts they were made from)."""
     from smolforge.artifacts import ArtifactStore
     from smolforge.environment import project_home
 
+    if kind is not None and kind not in ARTIFACT_KINDS:
+        _fail(f"unknown artifact kind {kind!r}; the kinds are: {', '.join(ARTIFACT_KINDS)}")
     store = ArtifactStore(project_home() / "artifacts")
     rows = [r for r in store.list() if kind is None or r.get("kind") == kind]
     if not rows:
@@ -213,13 +223,13 @@ def artifacts(kind: Annotated[Optional[str], typer.Option(help="Only this kind."
         return
     table = Table(title=f"artifacts in {store.root}", title_justify="left")
     for col in ("kind", "key", "size", "created", "made from"):
-        table.add_column(col, justify="right" if col == "size" else "left")
+        table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col == "key")
     for r in rows:
         inputs = r.get("inputs", [])
         lineage = ", ".join(sorted({f"{i['kind']}:{i['key'][:8]}" for i in inputs})[:4])
         if len(inputs) > 4:
             lineage += f" … ({len(inputs)} inputs)"
-        table.add_row(r["kind"], r["key"][:12], _size(r["bytes"]), r.get("created", "?"), lineage)
+        table.add_row(r["kind"], r["key"], _size(r["bytes"]), r.get("created", "?"), lineage)
     console.print(table)
 
 

@@ -27,6 +27,7 @@ from smolforge.tasks.sweep.config import SweepConfig
 from smolforge.tasks.train.config import PretrainSection
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "tiny"  # what `smolforge run` uses without --preset or --config
 
 
 class Stage(NamedTuple):
@@ -36,18 +37,26 @@ class Stage(NamedTuple):
     name: str
     flow: str
     sweepable: bool = False  # a sweep can optimise this stage's settings
+    artifacts: tuple[str, ...] = ()  # the kinds of artifact its steps write (`smolforge artifacts --kind`)
 
 
 # The pipeline runs these in order, each when its section is set; the CLI's flow list (and the
 # deployments) come from here. A new stage is one line here and one field in `PipelineConfig`.
 STAGES = (
-    Stage("curate", "smolforge.flows.curate:curate"),
-    Stage("pretrain", "smolforge.flows.pretrain:pretrain", sweepable=True),
-    Stage("distill", "smolforge.flows.distill:distill", sweepable=True),
-    Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True),
-    Stage("sweep", "smolforge.flows.sweep:sweep"),
+    Stage(
+        "curate",
+        "smolforge.flows.curate:curate",
+        artifacts=(
+            "extracted", "language", "quality", "pii", "minhash", "dedup_plan", "deduped", "tokenizer", "tokens", "corpus",
+        ),
+    ),
+    Stage("pretrain", "smolforge.flows.pretrain:pretrain", sweepable=True, artifacts=("pretrained",)),
+    Stage("distill", "smolforge.flows.distill:distill", sweepable=True, artifacts=("teacher-topk", "distilled")),
+    Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True, artifacts=("model-4bit", "finetuned")),
+    Stage("sweep", "smolforge.flows.sweep:sweep", artifacts=("sweep-trial",)),
 )
 FLOWS = ("pipeline", *(s.name for s in STAGES))
+ARTIFACT_KINDS = tuple(kind for s in STAGES for kind in s.artifacts)
 SWEEPABLE = tuple(s.name for s in STAGES if s.sweepable)
 
 
