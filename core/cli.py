@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -55,8 +58,11 @@ def run(
         _fail(str(exc))
     if flow != "pipeline" and getattr(cfg, flow) is None:
         _fail(f"the {flow} flow needs a `{flow}` section in the config (--config FILE or --set {flow}=...)")
+    # MLflow's own INFO lines (creating its tables on a first run) say nothing a user acts on.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     home = configure()
     console.print(f"[dim]project folder {home}[/]")
+    quiet_task_runs_on_console()
 
     from smolforge.flows.config import STAGES
     from smolforge.flows.pipeline import pipeline, stage_flow
@@ -79,6 +85,27 @@ def run(
     for name, stage_result in result.stages.items():
         PRINTERS[name](stage_result)
     _where_to_look(result, cfg.tracking.experiment)
+
+
+class _NoTaskRunInfo(logging.Filter):
+    """Drops task runs' INFO records (one "Finished in state Completed()" per shard and step: dozens
+    per stage); their warnings and errors, and the flow runs' lines, still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith("prefect.task_runs")
+
+
+def quiet_task_runs_on_console() -> None:
+    """Quiet Prefect's console handler, not its loggers: the API handler, attached to the task-run
+    logger itself, still sends every record to the Prefect UI. Called after `configure()`: Prefect
+    reads its settings when its logging is set up, here or at the import of its flow API."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_NoTaskRunInfo())
 
 
 def print_sweep(summary) -> None:
@@ -104,9 +131,6 @@ def print_sweep(summary) -> None:
 def _settle_events() -> None:
     """Hand the last task-run events to Prefect's temporary server before it shuts down with the
     process; without the pause its recorder is cancelled mid-flush and the UI misses the last states."""
-    import os
-    import time
-
     from prefect.events.worker import EventsWorker
 
     EventsWorker.drain_all(timeout=10)

@@ -6,6 +6,7 @@ import os
 import pkgutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import smolforge.tasks
@@ -58,3 +59,49 @@ def test_run_help_shows_the_default_preset(tmp_path):
     assert done.returncode == 0
     words = " ".join(done.stdout.replace("│", " ").split())  # the help box wraps inside its borders
     assert "[default: tiny; none when --config is given]" in words
+
+
+QUIET_RUN = textwrap.dedent(
+    """
+    from smolforge.environment import configure
+    configure()
+    from smolforge.cli import quiet_task_runs_on_console
+    quiet_task_runs_on_console()
+
+    from prefect import flow, get_run_logger, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+    from prefect.runtime import flow_run
+
+    @task
+    def step():
+        get_run_logger().info("task info line")
+        get_run_logger().warning("task warning line")
+
+    @flow
+    def demo():
+        get_run_logger().info("flow info line")
+        step()
+        return flow_run.id
+
+    run_id = demo()
+    APILogWorker.drain_all(timeout=30)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    print("sent to the API:", sorted(log.message for log in logs))
+    """
+)
+
+
+def test_task_run_info_stays_off_the_console_and_still_reaches_prefect(tmp_path):
+    """The console of `smolforge run` shows flow runs and warnings, not a line per finished task
+    run; the Prefect UI (its API) still gets every record."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(SMOLFORGE_HOME=str(tmp_path / "proj"), PREFECT_LOGGING_LEVEL="INFO")
+    done = subprocess.run([sys.executable, "-c", QUIET_RUN], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "flow info line" in done.stderr and "task warning line" in done.stderr
+    assert "task info line" not in done.stderr and "Finished in state Completed" in done.stderr  # the flow's own
+    sent = done.stdout.split("sent to the API:", 1)[1]
+    assert "'task info line'" in sent and "'flow info line'" in sent and "'task warning line'" in sent
