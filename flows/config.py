@@ -62,13 +62,18 @@ SWEEPABLE = tuple(s.name for s in STAGES if s.sweepable)
 
 class PipelineConfig(Strict):
     preset: str | None = Field(None, description="Preset this config was built from (informational).")
-    curate: CurateConfig
+    curate: CurateConfig = Field(
+        description="Curation: sources, extraction, language identification, quality filters, PII masking, "
+        "deduplication, the tokenizer and packing into token shards."
+    )
     pretrain: PretrainSection | None = Field(None, description="Pretraining after curation; null stops after curation.")
     distill: DistillConfig | None = Field(None, description="Distillation of the pretrained model into a smaller student.")
     finetune: FinetuneConfig | None = Field(None, description="Instruction/chat fine-tuning (LoRA, QLoRA or full).")
     sweep: SweepConfig | None = Field(None, description="An Optuna sweep over one stage's settings.")
-    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    execution: ExecutionConfig = Field(
+        default_factory=ExecutionConfig, description="How tasks run: the Prefect task runner and the CPU worker processes."
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where runs are logged in MLflow.")
 
     def runtime(self, parent_run_id: str | None = None) -> Runtime:
         """The project's artifact store, CPU budget and MLflow experiment, with stage runs nested

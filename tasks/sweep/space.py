@@ -31,7 +31,7 @@ GRAMMAR = (
 
 
 class IntRange(Strict):
-    kind: Literal["int"] = "int"
+    kind: Literal["int"] = Field("int", description="An integer range (the first word of 'int LOW..HIGH').")
     low: int = Field(description="Smallest value (inclusive).")
     high: int = Field(description="Largest value (inclusive).")
     log: bool = Field(False, description="Sample log-uniformly (low must be > 0).")
@@ -50,7 +50,7 @@ class IntRange(Strict):
 
 
 class FloatRange(Strict):
-    kind: Literal["float"] = "float"
+    kind: Literal["float"] = Field("float", description="A real range (the first word of 'float LOW..HIGH').")
     low: float = Field(description="Smallest value (inclusive).")
     high: float = Field(description="Largest value (inclusive).")
     log: bool = Field(False, description="Sample log-uniformly (low must be > 0).")
@@ -72,7 +72,7 @@ Scalar = Union[bool, int, float, str, None]
 
 
 class Choice(Strict):
-    kind: Literal["choice"] = "choice"
+    kind: Literal["choice"] = Field("choice", description="A set of values (the first word of 'choice V1 V2 ...').")
     values: list[Scalar] = Field(min_length=2, description="The candidate values (at least two, all different).")
 
     @model_validator(mode="after")
