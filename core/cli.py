@@ -58,8 +58,10 @@ def run(
         _fail(str(exc))
     if flow != "pipeline" and getattr(cfg, flow) is None:
         _fail(f"the {flow} flow needs a `{flow}` section in the config (--config FILE or --set {flow}=...)")
-    # MLflow's own INFO lines (creating its tables on a first run) say nothing a user acts on.
+    # MLflow's own INFO lines (creating its tables on a first run) say nothing a user acts on; our
+    # own log records (a stage resuming from a checkpoint) go to the Prefect UI beside the console.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "smolforge")
     home = configure()
     console.print(f"[dim]project folder {home}[/]")
     quiet_task_runs_on_console()
