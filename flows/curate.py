@@ -154,7 +154,7 @@ def log_curation(
     data_dir: Path,
     parent_run_id: str | None,
 ) -> str:
-    """Params, funnel metrics, the table, the chart, the dropped-document list and the datasets."""
+    """Params, funnel metrics, the funnel and drop tables, the chart, the dropped-document list and the datasets."""
     import mlflow
     import pandas as pd
 
