@@ -154,7 +154,7 @@ def log_curation(
     data_dir: Path,
     parent_run_id: str | None,
 ) -> str:
-    """Params, funnel metrics, the table, the chart, the dropped-document list and the datasets."""
+    """Params, funnel metrics, the funnel and drop tables, the chart, the dropped-document list and the datasets."""
     import mlflow
     import pandas as pd
 
@@ -169,9 +169,6 @@ def log_curation(
             for field in ("docs_in", "docs_out", "dropped", "chars_in", "chars_out", "tokens_out"):
                 if row.get(field) is not None:
                     metrics[tracking.metric_name(row["step"], field)] = row[field]
-        for step, m in report["steps"].items():
-            for reason, n in m.get("drops", {}).items():
-                metrics[tracking.metric_name("dropped", step, reason)] = n
         for lang, n in report.get("languages", {}).items():
             metrics[tracking.metric_name("language", lang)] = n
         for source, meta in report["sources"].items():
@@ -179,6 +176,13 @@ def log_curation(
                 metrics[tracking.metric_name("tokens", source, split)] = meta.get(split, {}).get("n_tokens", 0)
         mlflow.log_metrics(metrics)
         mlflow.log_table(pd.DataFrame(report["funnel"]), "curation/funnel.json")
+        # Drop counts are one number each per run: a table row, not a single-point metric chart.
+        drops = [
+            {"step": step, "reason": reason, "documents": n}
+            for step, m in report["steps"].items()
+            for reason, n in sorted(m.get("drops", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        ]
+        mlflow.log_table(pd.DataFrame(drops, columns=["step", "reason", "documents"]), "curation/drops.json")
         for name in ("funnel.png", "corpus.json", "dropped.parquet"):
             mlflow.log_artifact(str(corpus.path / name), "curation")
         for source, inputs in files.items():

@@ -70,12 +70,17 @@ def weights(spec: StageSpec) -> dict[str, torch.Tensor]:
     return load_file(spec.out / "model" / "model.safetensors")
 
 
-def test_a_stage_killed_mid_way_resumes_to_the_uninterrupted_weights(corpus, tmp_path):
+def test_a_stage_killed_mid_way_resumes_to_the_uninterrupted_weights_and_says_so(corpus, tmp_path, caplog):
     cfg = section()
-    reference = spec_for(corpus, cfg, tmp_path / "reference")
+    runs = {}
+    for name in ("reference", "killed"):
+        with mlflow.start_run(run_name=f"{name}-stage") as active:
+            pass
+        runs[name] = active.info.run_id
+    reference = spec_for(corpus, cfg, tmp_path / "reference", run_id=runs["reference"])
     run_stage(reference)
 
-    killed = spec_for(corpus, cfg, tmp_path / "killed")
+    killed = spec_for(corpus, cfg, tmp_path / "killed", run_id=runs["killed"])
     # The process kills itself (SIGKILL: no cleanup runs) as it is about to write step 15's
     # checkpoint, so steps 11-15 are lost and must be trained again from step 10's.
     script = textwrap.dedent(
@@ -101,6 +106,12 @@ def test_a_stage_killed_mid_way_resumes_to_the_uninterrupted_weights(corpus, tmp
     assert result["steps"] == 20
     for name, value in weights(reference).items():
         torch.testing.assert_close(weights(killed)[name], value, rtol=0, atol=1e-6, msg=name)
+    checkpoint = killed.workdir / "checkpoints" / "step-000010"
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "resumes" in r.getMessage()]
+    assert said == [f"stage 'one' resumes at step 10 from checkpoint {checkpoint} (an earlier attempt stopped there)"]
+    tags = mlflow.get_run(runs["killed"]).data.tags
+    assert (tags["smolforge.resumed_at_step"], tags["smolforge.resumed_from"]) == ("10", str(checkpoint))
+    assert "smolforge.resumed_at_step" not in mlflow.get_run(reference.run_id).data.tags  # an uninterrupted stage
 
 
 def _pids_with(marker: str) -> list[int]:
