@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 import random
-from pathlib import Path
 
 import pytest
 from datatrove.data import Document
@@ -25,7 +24,7 @@ from smolforge.tasks.curate.quality import (
 )
 from smolforge.tasks.curate.words import splitter
 
-from test_quality import CLEAN, FRENCH  # noqa: E402 - the crafted documents of the rule tests
+from test_quality import CLEAN, FRENCH  # the crafted documents of the rule tests
 
 FAMILIES = {
     "gopher_repetition": GopherRepetitionFilter,
