@@ -17,7 +17,7 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate, find_top_duplicate, get_n_grams
 from datatrove.utils.text import split_into_words
 from pydantic import BaseModel
-from test_quality import CLEAN, FRENCH  # noqa: E402 - the crafted documents of the rule tests
+from test_quality import CLEAN, FRENCH  # the crafted documents of the rule tests
 
 from smolforge.tasks.curate import config as curate_config
 from smolforge.tasks.curate.config import QualityConfig
