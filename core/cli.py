@@ -236,7 +236,7 @@ def _where_to_look(result, experiment: str, wall: float) -> None:
     from smolforge import tracking
     from smolforge.environment import mlflow_tracking_uri, project_home
 
-    curated = result.get("curate")
+    curated = result.curate
     if curated is not None:
         console.print(f"corpus      {curated.corpus.key}  {curated.corpus.uri}")
     if result.mlflow_run_id:

@@ -2,10 +2,13 @@
 funnel table, not one single-point metric chart per reason."""
 
 import mlflow
+import pytest
+
+pytestmark = pytest.mark.slow
 
 
 def test_drop_counts_are_a_table_in_the_curate_run_not_metric_charts(tiny_pipeline):
-    curated = tiny_pipeline.get("curate")
+    curated = tiny_pipeline.curate
     run = mlflow.get_run(curated.mlflow_run_id)
     assert not [m for m in run.data.metrics if m.startswith("dropped.")]
     assert run.data.metrics["dedup.dropped"] >= 1  # the funnel's per-step totals stay metrics
