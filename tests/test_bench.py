@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("pretrain.py", ["tokens/s smolforge/mlflow", "tokens/s trainer", "optimizer.step() Muon"]),
         ("finetune.py", ["variant", "qlora peak / lora peak"]),
         ("sweep.py", ["sweep overhead per trial"]),
+        ("cli.py", ["Start-up", "Re-run with nothing changed", "second/first: median"]),
     ],
 )
 def test_quick_mode_completes_and_prints_its_tables(script, tables, tmp_path, outside_env):
