@@ -1,7 +1,7 @@
 """What a user waits for at the command line: `smolforge --help`, and a pipeline re-run that would
 change nothing.
 
-    python bench/cli.py [--repeats 2] [--help-runs 7] [--set KEY=VALUE ...] [--quick]
+    python bench/cli.py [--repeats 2] [--help-runs 7] [--data-dir DIR] [--set KEY=VALUE ...] [--quick]
 
 Start-up: `smolforge --help` against the bare interpreter (`python -c pass`), alternated, wall time
 of each process; the difference is what the CLI's imports cost.
@@ -9,7 +9,9 @@ of each process; the difference is what the CLI's imports cost.
 Re-run: `smolforge run pipeline --preset tiny` twice in a project folder that does not exist yet,
 the second time with nothing changed (it is answered from the first run's record, without Prefect:
 flows/replay.py). Wall time of each whole command, their ratio per repeat and the median ratio.
-Each repeat gets its own fresh folder, removed at the end. MLFLOW_TRACKING_URI, PREFECT_API_URL
+Each repeat gets its own fresh folder, removed at the end; the first run there builds the sample
+corpus too, as a new user's does, unless `--data-dir` names one already built (the suite's smoke
+run passes its own, to skip the build). MLFLOW_TRACKING_URI, PREFECT_API_URL
 and SMOLFORGE_HOME are ignored: every run sets up its own project folder, as a new user's does.
 """
 
@@ -28,12 +30,10 @@ from pathlib import Path
 from quickmode import parse_args  # bench/, beside this script
 
 SMOLFORGE = Path(sys.executable).parent / "smolforge"  # the console script of this environment
-# The quick mode's pipeline: curation, then one short pretraining stage on two sources.
+# The quick mode's pipeline: curation of one source, nothing after it.
 QUICK_SETTINGS = [
-    "curate.sources=[{name: chat, kind: jsonl, path: 'jsonl/*.jsonl'}, {name: web, kind: html, path: 'html/**/*.html'}]",
-    "pretrain.stages=[{name: stable, steps: 20, seq_len: 64, mixture: {chat: 0.5, web: 0.5}}]",
-    "pretrain.eval_every=10",
-    "pretrain.checkpoint.every_steps=10",
+    "curate.sources=[{name: chat, kind: jsonl, path: 'jsonl/*.jsonl'}]",
+    "pretrain=null",
     "distill=null",
     "finetune=null",
 ]
@@ -60,8 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="pairs of pipeline runs, each in a fresh folder")
     parser.add_argument("--help-runs", type=int, default=7, help="timed runs of each start-up command")
+    parser.add_argument("--data-dir", type=Path, default=None, help="an existing sample corpus to read (not timed)")
     parser.add_argument("--set", dest="settings", action="append", default=[], help="a setting for the pipeline runs")
-    args = parse_args(parser, repeats=1, help_runs=2, settings=QUICK_SETTINGS)
+    args = parse_args(parser, repeats=1, help_runs=2, data_dir=None, settings=QUICK_SETTINGS)
 
     from rich.console import Console
     from rich.table import Table
@@ -80,7 +81,10 @@ def main() -> None:
         table.add_row(name, f"{statistics.median(runs):.3f}", f"{min(runs):.3f}", f"{max(runs):.3f}")
     console.print(table)
 
-    pipeline = [str(SMOLFORGE), "run", "pipeline", "--preset", "tiny", *(a for s in args.settings for a in ("--set", s))]
+    settings = list(args.settings)
+    if args.data_dir is not None:
+        settings += ["curate.sample_corpus=null", f"curate.data_dir={args.data_dir.resolve()}"]
+    pipeline = [str(SMOLFORGE), "run", "pipeline", "--preset", "tiny", *(a for s in settings for a in ("--set", s))]
     rows = []
     for repeat in range(args.repeats):
         home = Path(tempfile.mkdtemp(prefix="smolforge-bench-cli-")) / "new-project"

@@ -23,9 +23,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("cli.py", ["Start-up", "Re-run with nothing changed", "second/first: median"]),
     ],
 )
-def test_quick_mode_completes_and_prints_its_tables(script, tables, tmp_path, outside_env):
+def test_quick_mode_completes_and_prints_its_tables(script, tables, tmp_path, outside_env, sample_corpus):
+    # the command-line bench's pipeline runs read the session's sample corpus instead of building one
+    extra = ["--data-dir", str(sample_corpus)] if script == "cli.py" else []
     done = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick"], cwd=tmp_path, env={**outside_env, "TMPDIR": str(tmp_path)},
+        [sys.executable, str(BENCH / script), "--quick", *extra], cwd=tmp_path, env={**outside_env, "TMPDIR": str(tmp_path)},
         capture_output=True, text=True, timeout=1800,
     )
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"

@@ -34,7 +34,7 @@ def test_an_unchanged_pipeline_is_replayed_with_its_artifacts_and_runs(tiny_pipe
     assert run.data.tags["smolforge.reused.finetune"] == recorded["finetune"]["mlflow_run_id"]
     assert "prefect.flow_run_id" not in run.data.tags  # no flow ran
     version = mlflow.MlflowClient().get_model_version_by_alias("smolforge-chat", "candidate")
-    assert version.version == tiny_pipeline.finetune.registered.version
+    assert str(version.version) == tiny_pipeline.finetune.registered.version
 
 
 def test_a_changed_setting_or_a_damaged_artifact_runs_the_flow(tiny_pipeline):
