@@ -39,7 +39,7 @@ from smolforge.tasks.curate.documents import (
     write_drops,
 )
 from smolforge.tasks.curate.sample_corpus import build_sample_corpus
-from smolforge.tasks.curate.sources import InputFile
+from smolforge.tasks.curate.sources import InputFile, discover  # noqa: F401 - the flow discovers inputs through this module
 
 DOCS, DROPS = "docs.parquet", "drops.parquet"
 
