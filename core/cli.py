@@ -193,12 +193,27 @@ def print_finetuning(tuned) -> None:
     _print_registered("chat model", tuned.registered)
 
 
+def print_evaluation(evaluated) -> None:
+    from smolforge.tasks.evaluate.report import COLUMNS
+
+    rows = evaluated.rows
+    present = [(m, h) for m, h in COLUMNS if any(m in r for r in rows)]
+    table = _stage_table("evaluation (held-out data)", ("model", "tokenizer", *(h for _, h in present)))
+    for r in rows:
+        cells = [f"{r[m]:.3f}" if m in r else "" for m, _ in present]
+        table.add_row(r["model"], r["tokenizer"], *cells)
+    console.print(table)
+    console.print(f"note        {evaluated.note}")
+    console.print(f"comparison  {evaluated.report.uri}/comparison.png")
+
+
 PRINTERS = {
     "curate": print_funnel,
     "pretrain": print_pretraining,
     "distill": print_distillation,
     "finetune": print_finetuning,
     "sweep": print_sweep,
+    "evaluate": print_evaluation,
 }
 
 
@@ -206,7 +221,7 @@ def _where_to_look(result, experiment: str, wall: float) -> None:
     from smolforge import tracking
     from smolforge.environment import mlflow_tracking_uri, project_home
 
-    curated = result.get("curate")
+    curated = result.curate
     if curated is not None:
         console.print(f"corpus      {curated.corpus.uri}")
     if result.mlflow_run_id:

@@ -22,6 +22,7 @@ from smolforge.settings import apply_override, describe_errors, merge, read_yaml
 from smolforge.strict import Strict
 from smolforge.tasks.curate.config import CurateConfig
 from smolforge.tasks.distill.config import DistillConfig
+from smolforge.tasks.evaluate.config import EvaluateConfig
 from smolforge.tasks.finetune.config import FinetuneConfig
 from smolforge.tasks.sweep.config import SweepConfig
 from smolforge.tasks.train.config import PretrainSection
@@ -46,6 +47,7 @@ STAGES = (
     Stage("distill", "smolforge.flows.distill:distill", sweepable=True),
     Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True),
     Stage("sweep", "smolforge.flows.sweep:sweep"),
+    Stage("evaluate", "smolforge.flows.evaluate:evaluate"),
 )
 FLOWS = ("pipeline", *(s.name for s in STAGES))
 SWEEPABLE = tuple(s.name for s in STAGES if s.sweepable)
@@ -58,6 +60,7 @@ class PipelineConfig(Strict):
     distill: DistillConfig | None = Field(None, description="Distillation of the pretrained model into a smaller student.")
     finetune: FinetuneConfig | None = Field(None, description="Instruction/chat fine-tuning (LoRA, QLoRA or full).")
     sweep: SweepConfig | None = Field(None, description="An Optuna sweep over one stage's settings.")
+    evaluate: EvaluateConfig | None = Field(None, description="Evaluation of the pipeline's models (and others) on held-out data.")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -93,6 +96,14 @@ class PipelineConfig(Strict):
                 )
             if self.distill.teacher is None and self.pretrain is None:
                 raise ValueError("distill.teacher is null (the pretrained model) but pretrain is null: set one of them")
+        if self.evaluate is not None:
+            if "chat" in self.evaluate.tasks and self.finetune is None:
+                raise ValueError("evaluate.tasks names chat, which reads fine-tuning's held-out records, but finetune is null")
+            if not self.evaluate.models and all(getattr(self, s) is None for s in self.evaluate.pipeline_models):
+                raise ValueError(
+                    f"evaluate has no model: none of evaluate.pipeline_models {self.evaluate.pipeline_models} is configured "
+                    "and evaluate.models is empty"
+                )
         return self
 
 

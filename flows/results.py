@@ -97,6 +97,23 @@ class SweepResult(StageResult):
     this_run: list[dict[str, Any]]
     timings: dict[str, float]
 
+class EvaluateInputs(StageInputs):
+    corpus: ArtifactRef  # whose held-out split is read
+    models: dict[str, ArtifactRef]  # by label: the stage that made it, or the reference given
+    registered: dict[str, Registered]  # the registry versions among them, by label (tagged with metrics)
+    chat_files: dict[str, str]  # fine-tuning's JSONL files (path -> content hash)
+    chat_split: dict[str, Any] | None = None  # fine-tuning's split settings, to find its held-out records
+
+class EvaluateResult(StageResult):
+    """The held-out sets, one evaluation per model (by label), the comparison and its rows."""
+
+    data: ArtifactRef
+    evaluations: dict[str, ArtifactRef]
+    report: ArtifactRef
+    rows: list[dict[str, Any]]
+    note: str  # which rows' token-level perplexities compare
+    inputs: EvaluateInputs
+
 
 class PipelineResult(BaseModel):
     """The pipeline's parent MLflow run and each stage's result (None where the stage did not run).
@@ -109,6 +126,7 @@ class PipelineResult(BaseModel):
     distill: DistillResult | None = None
     finetune: FinetuneResult | None = None
     sweep: SweepResult | None = None
+    evaluate: EvaluateResult | None = None
 
     @property
     def stages(self) -> dict[str, StageResult]:
