@@ -6,7 +6,8 @@ Same model (the tiny preset's SmolLM3 shape: hidden 128, 4 layers, vocab 4096; `
 x 6 layers), same batches: documents of 50-900 random tokens cut into windows of 256 by the stage's
 own `document_windows` and `make_batches` (8 windows a batch, longest first), built once, before any
 timing. The two sides alternate A B A B ..., each repeat reading every batch once; tokens/s counts
-target tokens. Reports medians, min-max and the ratio of the medians.
+target tokens. Reports medians, min-max, the ratio of the medians, and the median of the ratios
+within each repeat (on a shared machine the paired figure drifts less).
 
   smolforge   `perplexity.summed_nll`: the loop the `perplexity` evaluation task runs
   bare        `with torch.no_grad():` forward, summed cross-entropy, `.item()` per batch
@@ -91,6 +92,8 @@ def main() -> None:
         median = statistics.median(values)
         table.add_row(name, f"{median:,.0f}", f"{min(values):,.0f}", f"{max(values):,.0f}", f"{median / bare:.3f}")
     console.print(table)
+    paired = statistics.median(a / b for a, b in zip(rates["smolforge"], rates["bare"], strict=True))
+    console.print(f"paired ratio smolforge/bare (median over repeats, each A then B): {paired:.3f}")
     console.print(f"loss per token {results['smolforge']:.4f} (both loops); {platform.processor() or platform.machine()}, torch {torch.__version__}")
 
 

@@ -28,7 +28,7 @@ from smolforge.tasks.evaluate import chat, harness, perplexity  # noqa: F401 - r
 from smolforge.tasks.evaluate.config import EvaluateConfig, EvaluationData
 from smolforge.tasks.evaluate.data import build_evaluation_data
 from smolforge.tasks.evaluate.registry import TASKS, EvaluationError, Subject
-from smolforge.tasks.evaluate.report import comparison_chart, comparison_rows
+from smolforge.tasks.evaluate.report import comparison_chart, comparison_rows, name_part
 
 _HERE = Path(__file__).parent
 _TASK_CODE = tuple(_HERE / f for f in ("registry.py", "perplexity.py", "chat.py", "harness.py"))
@@ -118,12 +118,14 @@ def evaluation_report(out: Path, evaluations: dict[str, ArtifactRef], runtime: R
     comparison_chart(rows, out / "comparison.png")
     (out / "comparison.json").write_text(json.dumps({"rows": rows, "note": note}, indent=2), encoding="utf-8")
     with tracking.run("evaluate", runtime.experiment, runtime.parent_run_id) as active:
-        tracking.set_tags({f"smolforge.eval_run.{label}": ref.manifest()["metrics"]["mlflow_run_id"] for label, ref in evaluations.items()})
+        tracking.set_tags({
+            f"smolforge.eval_run.{name_part(label)}": ref.manifest()["metrics"]["mlflow_run_id"] for label, ref in evaluations.items()
+        })
         tracking.set_tags({"smolforge.tokenizer_note": note})
         columns = list(dict.fromkeys(k for r in rows for k in r))
         mlflow.log_table({c: [r.get(c) for r in rows] for c in columns}, "comparison.json")
         mlflow.log_artifact(str(out / "comparison.png"))
         mlflow.log_metrics({
-            tracking.metric_name(r["model"], k): float(v) for r in rows for k, v in r.items() if isinstance(v, (int, float))
+            tracking.metric_name(name_part(r["model"]), k): float(v) for r in rows for k, v in r.items() if isinstance(v, (int, float))
         })
         return {"mlflow_run_id": active.info.run_id, "models": len(rows)}

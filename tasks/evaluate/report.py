@@ -8,6 +8,7 @@ bits per byte compares across tokenizers.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,12 @@ COLUMNS = (
     ("cloze_acc", "cloze acc"),
     ("smolforge_rolling.bits_per_byte", "lm-eval bpb"),
 )
+
+
+def name_part(label: str) -> str:
+    """A model's label as part of an MLflow metric or tag name: MLflow refuses names that read as
+    other file paths (`/tmp/model.loss`), so a folder or registry URI becomes `tmp_model`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_.") or "model"
 
 
 def comparison_rows(evaluations: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
