@@ -85,7 +85,7 @@ def evaluate_inputs(config: PipelineConfig, upstream: PipelineResult | None, par
         chat_files = done.finetune.inputs.data if done.finetune is not None else {
             str(f): file_hash(f) for f in data_files(config, project_home())
         }
-        chat_split = {"max_seq_len": ft.max_seq_len, "val_fraction": ft.val_fraction, "max_val": ft.max_val_records, "seed": ft.seed}
+        chat_split = ft.split_settings()
     print(f"evaluate: {len(models)} models ({', '.join(models)}) on tasks {', '.join(cfg.tasks)}")
     return EvaluateInputs(corpus=corpus, models=models, registered=registered, chat_files=chat_files, chat_split=chat_split)
 
