@@ -24,6 +24,7 @@ from smolforge.tasks.curate.config import CurateConfig
 from smolforge.tasks.distill.config import DistillConfig
 from smolforge.tasks.evaluate.config import EvaluateConfig
 from smolforge.tasks.finetune.config import FinetuneConfig
+from smolforge.tasks.merge.config import MergeConfig
 from smolforge.tasks.sweep.config import SweepConfig
 from smolforge.tasks.train.config import PretrainSection
 
@@ -47,6 +48,7 @@ STAGES = (
     Stage("distill", "smolforge.flows.distill:distill", sweepable=True),
     Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True),
     Stage("sweep", "smolforge.flows.sweep:sweep"),
+    Stage("merge", "smolforge.flows.merge:merge"),
     Stage("evaluate", "smolforge.flows.evaluate:evaluate"),
 )
 FLOWS = ("pipeline", *(s.name for s in STAGES))
@@ -60,6 +62,7 @@ class PipelineConfig(Strict):
     distill: DistillConfig | None = Field(None, description="Distillation of the pretrained model into a smaller student.")
     finetune: FinetuneConfig | None = Field(None, description="Instruction/chat fine-tuning (LoRA, QLoRA or full).")
     sweep: SweepConfig | None = Field(None, description="An Optuna sweep over one stage's settings.")
+    merge: MergeConfig | None = Field(None, description="Merges of fine-tunes of one base (mergekit, greedy soup).")
     evaluate: EvaluateConfig | None = Field(None, description="Evaluation of the pipeline's models (and others) on held-out data.")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -96,6 +99,16 @@ class PipelineConfig(Strict):
                 )
             if self.distill.teacher is None and self.pretrain is None:
                 raise ValueError("distill.teacher is null (the pretrained model) but pretrain is null: set one of them")
+        if self.merge is not None:
+            if self.finetune is None:
+                raise ValueError("merge judges merges on fine-tuning's held-out records, but finetune is null")
+            if self.finetune.heldout_records < 2:
+                raise ValueError(
+                    f"merge needs held-out records to select and test on, but finetune.heldout_records is "
+                    f"{self.finetune.heldout_records}: set it (say 64)"
+                )
+            if "sweep" in self.merge.ingredients and self.sweep is None:
+                raise ValueError("merge.ingredients names sweep (its kept models), but sweep is null")
         if self.evaluate is not None:
             if "chat" in self.evaluate.tasks and self.finetune is None:
                 raise ValueError("evaluate.tasks names chat, which reads fine-tuning's held-out records, but finetune is null")

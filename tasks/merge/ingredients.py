@@ -2,7 +2,8 @@
 
 An ingredient is an artifact holding `model/` (or, for a LoRA adapter, `adapter/`). Its base is
 read from its lineage: the `base` a fine-tuning step was configured with, else the first input of
-its manifest that holds a model (a sweep trial's upstream base), else the `smolforge.base_key`
+its manifest that holds a model of another kind (a sweep trial's upstream base; pretraining's
+previous stage is the same training, not a base), else the `smolforge.base_key`
 tag of the registry version it came from. A model pretrained from scratch has a corpus there, not
 a model: it shares no base with anything, and soups of such models are refused.
 """
@@ -60,7 +61,8 @@ def base_key(ref: ArtifactRef, store: ArtifactStore) -> str | None:
     if isinstance(base, dict) and base.get("key"):
         return str(base["key"])
     for entry in manifest.get("inputs", []):
-        if entry["kind"] != QUANTIZED and holds_model(store.path(entry["kind"], entry["key"])):
+        # an input of its own kind continues the same training (pretraining's previous stage)
+        if entry["kind"] not in (QUANTIZED, ref.kind) and holds_model(store.path(entry["kind"], entry["key"])):
             return str(entry["key"])
     return None
 
