@@ -24,6 +24,7 @@ from smolforge.tasks.curate.config import CurateConfig
 from smolforge.tasks.distill.config import DistillConfig
 from smolforge.tasks.evaluate.config import EvaluateConfig
 from smolforge.tasks.finetune.config import FinetuneConfig
+from smolforge.tasks.merge.check import check_counts
 from smolforge.tasks.merge.config import MergeConfig
 from smolforge.tasks.sweep.config import SweepConfig
 from smolforge.tasks.train.config import PretrainSection
@@ -109,6 +110,9 @@ class PipelineConfig(Strict):
                 )
             if "sweep" in self.merge.ingredients and self.sweep is None:
                 raise ValueError("merge.ingredients names sweep (its kept models), but sweep is null")
+            labels = self.merge.expected_labels(self.finetune.seed)
+            if labels is not None:  # counts refused now, before anything is trained
+                check_counts(self.merge.methods, labels)
         if self.evaluate is not None:
             if "chat" in self.evaluate.tasks and self.finetune is None:
                 raise ValueError("evaluate.tasks names chat, which reads fine-tuning's held-out records, but finetune is null")

@@ -50,6 +50,14 @@ def _registry_base_key(spec: str) -> str | None:
     return version.tags.get("smolforge.base_key")
 
 
+def _model_artifact(spec: str, runtime: Runtime, setting: str) -> ArtifactRef:
+    """A base as an artifact: a folder of this project's store is that artifact (its key is the
+    lineage the fine-tunes carry), anything else is imported by content."""
+    folder = Path(spec).expanduser()
+    stored = in_store(runtime.store, folder) if folder.exists() else None
+    return stored or resolve(spec, None, runtime, setting)
+
+
 def _one_ingredient(spec: str, setting: str, base: ArtifactRef | None, runtime: Runtime) -> tuple[ArtifactRef, str | None]:
     """(artifact holding model/, its base key) for a registry URI, an artifact key or a folder; a
     LoRA adapter is folded into `base` (merge.base, else the base its adapter_config names)."""
@@ -72,7 +80,7 @@ def _one_ingredient(spec: str, setting: str, base: ArtifactRef | None, runtime: 
                     f"{setting}={spec!r} is a LoRA adapter whose base ({named!r}) is not a folder here: set merge.base "
                     "to the model it was trained on"
                 )
-            base = resolve(named, None, runtime, f"{setting} (its adapter's base)")
+            base = _model_artifact(named, runtime, f"{setting} (its adapter's base)")
         imported = import_model(adapter, runtime, spec)
         return unload_lora(base, imported, runtime), base.key
     with tempfile.TemporaryDirectory(prefix="smolforge-model-") as scratch:
@@ -88,12 +96,17 @@ def merge_inputs(config: PipelineConfig, upstream: PipelineResult | None, parent
         raise ConfigError("the merge flow needs a `merge` section in the config")
     done = upstream.model_copy() if upstream is not None else PipelineResult()
     runtime = config.runtime(parent_run_id)
-    explicit_base = resolve(cfg.base, None, runtime, "merge.base") if cfg.base is not None else None
+    explicit_base = _model_artifact(cfg.base, runtime, "merge.base") if cfg.base is not None else None
     ingredients: dict[str, ArtifactRef] = {}
     bases: dict[str, str | None] = {}
+    # the references first (cheap, and the likeliest to be wrong), then what has to be trained
+    named = {
+        spec: _one_ingredient(spec, f"merge.ingredients.{i}", explicit_base, runtime)
+        for i, spec in enumerate(cfg.ingredients) if spec not in ("finetune", "sweep")
+    }
     tuned = done.finetune or finetune(config, done, parent_run_id)
     done.finetune = tuned
-    for i, spec in enumerate(cfg.ingredients):
+    for spec in cfg.ingredients:
         if spec == "finetune":
             ft = config.finetune
             for seed in cfg.seeds or [ft.seed]:
@@ -109,9 +122,7 @@ def merge_inputs(config: PipelineConfig, upstream: PipelineResult | None, parent
                 ingredients[f"sweep-trial{kept['trial']}"] = ref
                 bases[f"sweep-trial{kept['trial']}"] = base_key(ref, runtime.store)
         else:
-            ref, key = _one_ingredient(spec, f"merge.ingredients.{i}", explicit_base, runtime)
-            ingredients[spec] = ref
-            bases[spec] = key
+            ingredients[spec], bases[spec] = named[spec]
     listed = [Ingredient(label, model_folder(ref.path), bases[label]) for label, ref in ingredients.items()]
     if len(listed) < 2:
         raise MergeError(f"a merge needs at least two ingredients, merge.ingredients gives {list(ingredients)}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from smolforge.tasks.finetune.config import FinetuneConfig
 from smolforge.tasks.finetune.data import collate, load_data
 from smolforge.tasks.finetune.train import finetune_model, masked_loss
 from smolforge.tasks.merge.check import Ingredient, MergeError, check_merge, check_related
-from smolforge.tasks.merge.config import MergeConfig, MergeMethod
+from smolforge.tasks.merge.config import METHODS, SPARSIFYING, MergeConfig, MergeMethod
 from smolforge.tasks.merge.ingredients import find_artifact, require
 from smolforge.tasks.merge.mergekit_run import merge_models
 from smolforge.tasks.merge.score import score_model, write_heldout
@@ -122,6 +124,15 @@ def test_ties_and_dare_differ_from_a_soup_of_the_same_models(models, tmp_path):
     merge_models(MergeMethod(method="task_arithmetic"), [b, c], base, tmp_path / "ta")
     wa, wb, wc = weights(base), weights(b), weights(c)
     assert max_difference(weights(tmp_path / "ta"), {k: wb[k] + wc[k] - wa[k] for k in wa}) < 1e-5
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_in_the_table_runs_on_smollm3(models, tmp_path, method):
+    base, b, c = models
+    settings = {"t": 0.5} if method == "slerp" else {"density": 0.6} if method in SPARSIFYING else {}
+    merge_models(MergeMethod(method=method, **settings), [b, c], base if METHODS[method].needs_base else None, tmp_path / "out")
+    merged = weights(tmp_path / "out")
+    assert sorted(merged) == sorted(weights(b)) and all(torch.isfinite(t).all() for t in merged.values())
 
 
 # -- the greedy soup, on real fine-tunes of one base and one wrecked by a wild learning rate --------
@@ -286,3 +297,14 @@ def test_an_ingredient_that_names_nothing_is_refused(tmp_path):
     for spec in ("finetuned:0123456789abcdef0123", "0123456789abcdef0123"):
         with pytest.raises(MergeError, match=rf"merge.ingredients.1={spec!r}: no such model"):
             require(find_artifact(store, spec), spec, "merge.ingredients.1", store)
+
+
+@pytest.mark.slow
+def test_the_benchmark_quick_mode_prints_its_tables(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "bench" / "merge.py"), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in ("ratio to direct", "paired ratio stage/direct", "soup claim on held-out test records", "greedy soup"):
+        assert line in done.stdout, f"{line!r} missing from:\n{done.stdout[-3000:]}"

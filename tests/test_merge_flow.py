@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -90,3 +91,36 @@ def test_a_model_pretrained_from_scratch_shares_no_base_with_the_fine_tunes(tiny
     with pytest.raises(ConfigError, match=rf"finetune-seed0 \(base \w{{12}}\) and {re.escape(str(pretrained))} \(no base in its lineage\) do not share a base"):
         merge(config, tiny_pipeline)
     assert artifacts(session_home) == before
+
+
+def test_registry_versions_and_artifact_keys_are_ingredients_with_their_lineage(tiny_pipeline):
+    ingredients = tiny_pipeline.merge.inputs.ingredients
+    version = tiny_pipeline.finetune.registered.version
+    specs = [f"models:/smolforge-chat/{version}", f"finetuned:{ingredients['finetune-seed1'].key}", ingredients["finetune-seed2"].key]
+    config = load_config("tiny", overrides=[
+        f"merge.ingredients=[{', '.join(specs)}]", "merge.seeds=[]", "merge.greedy_soup=false",
+        "merge.methods=[{method: linear}]", "merge.choose=linear",
+    ])
+    result = merge(config, tiny_pipeline)
+    assert list(result.inputs.ingredients) == specs
+    assert result.inputs.ingredients[specs[0]].kind == "model-import"
+    assert [result.inputs.ingredients[s] for s in specs[1:]] == [ingredients["finetune-seed1"], ingredients["finetune-seed2"]]
+    assert set(result.inputs.base_keys.values()) == {tiny_pipeline.pretrain.model.key}  # the registry tag, the manifests
+    assert [r["model"] for r in result.rows] == [*specs, "linear"]
+
+
+def test_a_lora_adapter_folder_is_folded_into_its_base_first(tiny_pipeline, tmp_path):
+    from safetensors.torch import load_file
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_pipeline.finetune.model.path / "adapter", adapter)
+    config = load_config("tiny", overrides=[
+        f"merge.ingredients=[finetune, {adapter}]", "merge.seeds=[1]", "merge.greedy_soup=false",
+        "merge.methods=[{method: linear}]",
+    ])
+    result = merge(config, tiny_pipeline)
+    folded = result.inputs.ingredients[str(adapter)]
+    assert folded.kind == "lora-merged" and result.inputs.base_keys[str(adapter)] == tiny_pipeline.pretrain.model.key
+    ours = load_file(str(folded.path / "model" / "model.safetensors"))
+    stage = load_file(str(tiny_pipeline.finetune.model.path / "model" / "model.safetensors"))
+    assert max(float((ours[k] - stage[k]).abs().max()) for k in stage) < 1e-5  # the same fold as fine-tuning's own

@@ -116,22 +116,26 @@ def check_related(ingredients: list[Ingredient], allow_unrelated: bool) -> str |
     return first.base_key
 
 
-def check_methods(methods: list[MergeMethod], ingredients: list[Ingredient], base: Path | None) -> None:
-    """Refuse a method the ingredients cannot satisfy: slerp with other than two models, a
-    task-vector method without a base, weights whose count is not the ingredients'."""
-    labels = [i.label for i in ingredients]
+def check_counts(methods: list[MergeMethod], labels: list[str]) -> None:
+    """Refuse slerp with other than two models and weights whose count is not the ingredients'
+    (`labels`): checked at validation when the labels are known from the config alone."""
     for m in methods:
-        rule = METHODS[m.method]
-        if rule.two_models and len(ingredients) != 2:
-            raise MergeError(f"merge.methods {m.label}: slerp interpolates two models, got {len(ingredients)}: {labels}")
-        if rule.needs_base and base is None:
+        if METHODS[m.method].two_models and len(labels) != 2:
+            raise MergeError(f"merge.methods {m.label}: slerp interpolates two models, got {len(labels)}: {labels}")
+        if m.weights is not None and len(m.weights) != len(labels):
+            raise MergeError(f"merge.methods {m.label}: {len(m.weights)} weights {m.weights} for {len(labels)} ingredients {labels}")
+
+
+def check_methods(methods: list[MergeMethod], ingredients: list[Ingredient], base: Path | None) -> None:
+    """Refuse a method the ingredients cannot satisfy: the counts above, and a task-vector method
+    without a base."""
+    labels = [i.label for i in ingredients]
+    check_counts(methods, labels)
+    for m in methods:
+        if METHODS[m.method].needs_base and base is None:
             raise MergeError(
                 f"merge.methods {m.label}: {m.method} adds task vectors to a base, and there is none: the ingredients "
                 f"{labels} share no base in their lineage and merge.base is not set"
-            )
-        if m.weights is not None and len(m.weights) != len(ingredients):
-            raise MergeError(
-                f"merge.methods {m.label}: {len(m.weights)} weights {m.weights} for {len(ingredients)} ingredients {labels}"
             )
 
 

@@ -183,3 +183,13 @@ class MergeConfig(Strict):
         if self.seeds and "finetune" not in self.ingredients:
             raise ValueError("merge.seeds is set but merge.ingredients has no `finetune` entry to expand")
         return self
+
+    def expected_labels(self, finetune_seed: int) -> list[str] | None:
+        """The ingredients' labels as the stage will name them, known before anything is trained
+        (None when the sweep's kept models, counted only after it, are among them)."""
+        if "sweep" in self.ingredients:
+            return None
+        labels: list[str] = []
+        for spec in self.ingredients:
+            labels += [f"finetune-seed{s}" for s in self.seeds or [finetune_seed]] if spec == "finetune" else [spec]
+        return labels

@@ -109,7 +109,7 @@ def merge_report(out: Path, rows: list[dict[str, Any]], soup: list[dict[str, Any
 
     comparison_chart(rows, out / "comparison.png")
     (out / "comparison.json").write_text(json.dumps({"rows": rows, "greedy_soup": soup}, indent=2), encoding="utf-8")
-    tags = {f"smolforge.merge.{r['model']}": models[r["model"]].key for r in rows}
+    tags = {f"smolforge.merge.{tracking.label_name(r['model'])}": models[r["model"]].key for r in rows}
     with tracking.run("merge", runtime.experiment, runtime.parent_run_id, tags=tags) as active:
         columns = list(dict.fromkeys(k for r in rows for k in r))
         mlflow.log_table({c: [r.get(c) for r in rows] for c in columns}, "comparison.json")
@@ -117,6 +117,6 @@ def merge_report(out: Path, rows: list[dict[str, Any]], soup: list[dict[str, Any
             mlflow.log_table({c: [s[c] for s in soup] for c in soup[0]}, "greedy_soup.json")
         mlflow.log_artifact(str(out / "comparison.png"))
         mlflow.log_metrics({
-            tracking.metric_name(r["model"], k): float(r[k]) for r in rows for k in ("selection_loss", "test_loss")
+            f"{tracking.label_name(r['model'])}.{k}": float(r[k]) for r in rows for k in ("selection_loss", "test_loss")
         })
         return {"mlflow_run_id": active.info.run_id, "models": len(rows)}
