@@ -1,6 +1,6 @@
 """Curation benchmark: smolforge's curate flow against the same steps run by datatrove.
 
-    python bench/curation.py [--scale 4] [--repeats 3] [--workers 2] [--dt-tasks 4]
+    python bench/curation.py [--scale 4] [--repeats 3] [--workers 2] [--dt-tasks 4] [--kinds html,jsonl] [--quick]
 
 Two measurements, on one offline sample corpus built once at the start:
 
@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from quickmode import parse_args  # bench/, beside this script
 
 BENCH = Path(__file__).resolve().parent
 EXPERIMENT = "smolforge-bench"
@@ -82,12 +84,13 @@ def pipeline_config(corpus: Path, workers: int, kinds: set[str] | None = None, e
     sources = [s.model_dump() for s in preset.curate.sources if s.kind != "pdf"]
     if kinds is not None:
         sources = [s for s in sources if s["kind"] in kinds]
-    # Only curation is measured; a pretraining section would also name the removed sources.
-    no_pretrain = ["pretrain=null"] if getattr(preset, "pretrain", None) is not None else []
+    # Only curation is measured; the later stages' sections (their mixtures name the removed
+    # sources) are turned off.
+    later = [f"{stage}=null" for stage in ("pretrain", "distill", "finetune") if getattr(preset, stage, None) is not None]
     return load_config(
         "tiny",
         overrides=[
-            *no_pretrain,
+            *later,
             "curate.sample_corpus=null",
             f"curate.data_dir={json.dumps(str(corpus))}",
             f"curate.sources={json.dumps(sources)}",
@@ -150,15 +153,18 @@ def instrument_flow() -> None:
     _STOPWATCH = CpuStopwatch
 
 
-def run_flow(cfg) -> dict[str, Any]:
+def run_flow(cfg) -> tuple[Any, dict[str, Any]]:
+    """The flow's typed result, and what the bench measures around it (wall time, CPU per phase)."""
     from smolforge.flows.curate import curate
     from smolforge.runners import task_runner_for
 
     wall = time.perf_counter()
     result = curate.with_options(task_runner=task_runner_for(cfg.execution))(cfg)
-    result["wall"] = round(time.perf_counter() - wall, 3)  # with Prefect's flow-run set-up around the body
-    result["cpu_timings"] = _STOPWATCH.last.cpu_laps
-    return result
+    measured = {
+        "wall": round(time.perf_counter() - wall, 3),  # with Prefect's flow-run set-up around the body
+        "cpu_timings": _STOPWATCH.last.cpu_laps,
+    }
+    return result, measured
 
 
 def smolforge_kept_ids(home: Path) -> list[str]:
@@ -177,21 +183,21 @@ def smolforge_repeat(cfg, home: Path) -> dict[str, Any]:
     home.mkdir(parents=True)
     os.environ["SMOLFORGE_HOME"] = str(home)
     parallel.shutdown()  # a cold worker pool, as in a fresh `smolforge run curate`
-    first = run_flow(cfg)
-    second = run_flow(cfg)
-    if second["corpus"]["key"] != first["corpus"]["key"]:
+    first, first_m = run_flow(cfg)
+    second, second_m = run_flow(cfg)
+    if second.corpus.key != first.corpus.key:
         raise BenchError("the re-run produced another corpus: something in the flow is not deterministic")
-    funnel = {row["step"]: row for row in first["funnel"]}
+    funnel = {row["step"]: row for row in first.funnel}
     return {
-        "timings": first["timings"],
-        "seconds": first["seconds"],
-        "phases_s": round(sum(first["timings"][p] for p in SF_PHASES), 3),
-        "cpu": round(sum(first["cpu_timings"][p] for p in SF_PHASES), 2),
-        "cpu_timings": first["cpu_timings"],
-        "rerun_seconds": second["seconds"],
-        "wall": first["wall"],
-        "rerun_wall": second["wall"],
-        "rerun_timings": second["timings"],
+        "timings": first.timings,
+        "seconds": first.seconds,
+        "phases_s": round(sum(first.timings[p] for p in SF_PHASES), 3),
+        "cpu": round(sum(first_m["cpu_timings"][p] for p in SF_PHASES), 2),
+        "cpu_timings": first_m["cpu_timings"],
+        "rerun_seconds": second.seconds,
+        "wall": first_m["wall"],
+        "rerun_wall": second_m["wall"],
+        "rerun_timings": second.timings,
         "funnel": {step: funnel[step]["docs_out"] for step in ("extract", "language", "quality", "pii", "dedup")},
         "docs_in": funnel["extract"]["docs_in"],
         "kept_ids": smolforge_kept_ids(home),
@@ -343,6 +349,11 @@ def report(results: dict[str, Any]) -> None:
         f"kept by both: {len(a & b)}; only smolforge: {len(a - b)} {sorted(a - b)[:5]}; "
         f"only datatrove: {len(b - a)} {sorted(b - a)[:5]}"
     )
+    console.print(
+        "[bold]identical[/] documents out of every step and kept ids, both sides, every repeat"
+        if not results["differences"]
+        else "[bold red]NOT identical[/]: " + "; ".join(results["differences"])
+    )
 
     first = [r["seconds"] for r in sf]
     second = [r["rerun_seconds"] for r in sf]
@@ -413,7 +424,7 @@ def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     build_sample_corpus(corpus, scale=args.scale)
     log(f"  ready in {time.perf_counter() - t0:.1f}s")
 
-    cfg = pipeline_config(corpus, args.workers)
+    cfg = pipeline_config(corpus, args.workers, set(args.kinds.split(",")) if args.kinds else None)
     settings = root / "curate-settings.json"
     settings.write_text(json.dumps(cfg.curate.model_dump(mode="json"), indent=1))
     kinds = ", ".join(s.kind for s in cfg.curate.sources)
@@ -472,10 +483,26 @@ def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     )
     if timeouts:
         log(f"WARNING: datatrove's Trafilatura timed out or failed on {timeouts} pages over all repeats")
-    kept_sf, kept_dt = len(sf0["kept_ids"]), dt0["kept"]
-    if abs(kept_sf - kept_dt) > max(2, 0.05 * max(kept_sf, kept_dt)):
-        log(f"WARNING: the sides keep different numbers of documents ({kept_sf} vs {kept_dt}): the comparison is not like for like")
+    results["differences"] = differences(results)
+    for problem in results["differences"]:
+        log(f"WARNING: the sides differ ({problem}): the comparison is not like for like")
     return results
+
+
+def differences(results: dict[str, Any]) -> list[str]:
+    """Where the two sides did not do the same work: documents out of any step, or the kept ids,
+    in any repeat (each side is also compared with its own first repeat). Empty when identical."""
+    found = []
+    reference = results["smolforge"][0]
+    for side in ("smolforge", "datatrove"):
+        for i, r in enumerate(results[side], 1):
+            funnel = r["funnel"] if side == "smolforge" else datatrove_funnel(r["counts"], r["kept"])
+            for step, docs in funnel.items():
+                if docs != reference["funnel"][step]:
+                    found.append(f"{side} repeat {i}: {step} passed {docs} documents, smolforge repeat 1 {reference['funnel'][step]}")
+            if r["kept_ids"] != reference["kept_ids"]:
+                found.append(f"{side} repeat {i}: other kept ids than smolforge repeat 1")
+    return found
 
 
 def main() -> None:
@@ -488,7 +515,8 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, help="parent folder of the temporary working folder")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (printed at the end)")
     parser.add_argument("--json", type=Path, help="also write all measurements to this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--kinds", help="only sources of these kinds, comma-separated (default: all but pdf)")
+    args = parse_args(parser, scale=1, repeats=1, kinds="html,jsonl")
     if args.repeats < 1 or args.workers < 1 or args.dt_tasks < 1 or args.scale < 1:
         parser.error("--scale, --repeats, --workers and --dt-tasks must be positive")
 

@@ -12,7 +12,7 @@ within each repeat (on a shared machine the paired figure drifts less).
   smolforge   `perplexity.summed_nll`: the loop the `perplexity` evaluation task runs
   bare        `with torch.no_grad():` forward, summed cross-entropy, `.item()` per batch
 
-`--quick` (a smoke test runs it): 2 repeats over 4 documents; the numbers mean little.
+`--quick` (tests/test_bench.py runs it): 2 repeats over 4 documents; the numbers mean little.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+
+from quickmode import parse_args  # bench/, beside this script
 
 from smolforge.models.architecture import build_model, count_parameters
 from smolforge.models.config import ModelConfig
@@ -56,10 +58,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=64)
     parser.add_argument("--model", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="2 repeats over 4 documents (smoke test)")
-    args = parser.parse_args()
-    if args.quick:
-        args.repeats, args.docs = 2, 4
+    args = parse_args(parser, repeats=2, docs=4)
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = random.Random(0)

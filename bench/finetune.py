@@ -2,6 +2,7 @@
 
     python bench/finetune.py                       # small preset shape, vocab 8192 (~111M parameters)
     python bench/finetune.py --rounds 3 --steps 4 --threads 2
+    python bench/finetune.py --quick               # smoke run: tiny shape, one round of one step, one thread
 
 The base is SmolLM2-135M's shape (the `small` preset: 30 layers, width 576) with an 8,192-token
 vocabulary, randomly initialised and saved once; every variant loads it the way the finetune stage
@@ -52,6 +53,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from quickmode import parse_args  # bench/, beside this script
+
 VARIANTS = {
     # name: (method, gradient checkpointing)
     "quantize": ("qlora", True),  # the one-time quantisation step, no training
@@ -75,7 +78,7 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def build_base(folder: Path, vocab: int, dtype: str = "float32") -> int:
+def build_base(folder: Path, vocab: int, dtype: str = "float32", shape: str = "small") -> int:
     """The random base, with a small tokenizer beside it (the quantisation step saves the tokenizer
     with the 4-bit model; nothing here tokenizes text)."""
     import torch
@@ -84,7 +87,7 @@ def build_base(folder: Path, vocab: int, dtype: str = "float32") -> int:
     from smolforge.models.config import ModelConfig
     from smolforge.tasks.curate.tokenizer import train_tokenizer
 
-    model = build_model(ModelConfig(preset="small"), vocab_size=vocab, bos_id=0, eos_id=1, pad_id=2, seed=0)
+    model = build_model(ModelConfig(preset=shape), vocab_size=vocab, bos_id=0, eos_id=1, pad_id=2, seed=0)
     model.to(getattr(torch, dtype)).save_pretrained(folder)
     train_tokenizer([Path(__file__).read_text(encoding="utf-8")], vocab_size=min(vocab, 1024), out_dir=folder)
     return count_parameters(model)
@@ -241,7 +244,8 @@ def main() -> None:
         "0: glibc's default, whose dynamic threshold keeps freed multi-MB buffers in the heap.",
     )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of " + ", ".join(VARIANTS))
-    args = parser.parse_args()
+    parser.add_argument("--model", choices=["small", "tiny"], default="small", help="the base's preset shape")
+    args = parse_args(parser, rounds=1, steps=1, seq_len=64, vocab=1024, model="tiny", threads=1)
     if args.worker:
         worker(args)
         return
@@ -253,8 +257,8 @@ def main() -> None:
     tuned = [n for n in names if n != "quantize"]
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as scratch:
         base, quantized = Path(scratch) / "base", Path(scratch) / "base-4bit"
-        n_params = build_base(base, args.vocab, args.checkpoint_dtype)
-        print(f"base: small preset shape, vocab {args.vocab}: {n_params / 1e6:.1f}M parameters; batch "
+        n_params = build_base(base, args.vocab, args.checkpoint_dtype, args.model)
+        print(f"base: {args.model} preset shape, vocab {args.vocab}: {n_params / 1e6:.1f}M parameters; batch "
               f"{args.batch_size} x {args.seq_len} tokens, LoRA rank {args.rank}, {args.rounds} rounds x {args.steps} steps, "
               f"threads {args.threads or 'default'}, MALLOC_MMAP_THRESHOLD_ {args.mmap_threshold or 'default'}")
         results: dict[str, list[dict]] = {n: [] for n in names}

@@ -2,6 +2,7 @@
 claim measured.
 
     python bench/merge.py [--repeats 5] [--model small|tiny] [--method linear] [--tunes 4] [--quick]
+    python bench/merge.py --quick    # smoke run: --repeats 2 --model tiny --vocab 4096 --tunes 3 --steps 8 --base-steps 8
 
 1. Merge time. Three models of the `small` shape (SmolLM2-135M's: hidden 576, 30 layers, vocab
    49,152; ~135M parameters, 540 MB each in float32): a base and two "fine-tunes" (the base plus
@@ -23,7 +24,7 @@ claim measured.
    the best single ingredient (chosen on selection) and the uniform soup of all, on test. A toy
    task on a toy model: the row says what happened here, not what soups do at scale.
 
-`--quick` (a smoke test runs it): the `tiny` shape with a 4,096 vocabulary, 2 repeats, 3 fine-tunes
+`--quick` (tests/test_bench.py runs it): the `tiny` shape with a 4,096 vocabulary, 2 repeats, 3 fine-tunes
 of 8 steps; the numbers mean little.
 """
 
@@ -42,6 +43,8 @@ import torch
 import transformers
 from rich.console import Console
 from rich.table import Table
+
+from quickmode import parse_args  # bench/, beside this script
 
 from smolforge.artifacts import ArtifactRef
 from smolforge.models.architecture import build_model, count_parameters
@@ -196,10 +199,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--base-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny shape, 2 repeats, 3 fine-tunes of 8 steps (smoke test)")
-    args = parser.parse_args()
-    if args.quick:
-        args.repeats, args.model, args.vocab, args.tunes, args.steps, args.base_steps = 2, "tiny", 4096, 3, 8, 8
+    args = parse_args(parser, repeats=2, model="tiny", vocab=4096, tunes=3, steps=8, base_steps=8)
     if args.threads:
         torch.set_num_threads(args.threads)
     transformers.utils.logging.disable_progress_bar()  # a bar per save and load would bury the tables

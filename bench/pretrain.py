@@ -1,6 +1,6 @@
 """Pretraining throughput: smolforge's stage loop against a bare PyTorch loop and transformers' Trainer.
 
-    python bench/pretrain.py [--repeats 5] [--steps 20] [--warmup 10] [--model tiny|small|both] [--threads N]
+    python bench/pretrain.py [--repeats 5] [--steps 20] [--warmup 10] [--model tiny|small|both] [--threads N] [--quick]
 
 Same model (SmolLM3 shape of the tiny preset: hidden 128, 4 layers, 4 heads / 2 KV, FFN 384, vocab
 4096; `small` is hidden 256 x 6 layers, FFN 768), same batches (8 x 128 tokens, packed documents with
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from quickmode import parse_args  # bench/, beside this script
 from rich.console import Console
 from rich.table import Table
 
@@ -316,7 +317,7 @@ def main() -> None:
         help="also time the loop with `compile: true` (logging to MLflow) and Trainer with torch_compile=True; "
         "each run compiles afresh (inductor's disk cache shortens all but the first)",
     )
-    args = parser.parse_args()
+    args = parse_args(parser, repeats=1, steps=10, warmup=10, threads=1)
     if args.steps % LOG_EVERY or args.warmup % LOG_EVERY or args.warmup < LOG_EVERY:
         parser.error(f"--steps and --warmup must be multiples of {LOG_EVERY} (--warmup at least {LOG_EVERY})")
 

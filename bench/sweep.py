@@ -1,6 +1,6 @@
 """Sweep overhead per trial: what orchestration and logging add to a trial's own training.
 
-    python bench/sweep.py [--trials 4] [--repeats 2] [--short 16] [--long 64] [--keep-home DIR]
+    python bench/sweep.py [--trials 4] [--repeats 2] [--short 16] [--long 64] [--keep-home DIR] [--quick]
 
 Each trial is a Prefect task that opens the Optuna study (SQLite), samples its settings, builds
 its config, opens an MLflow child run, trains (timed inside the trial: `train_seconds`, the stage's
@@ -27,6 +27,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from quickmode import parse_args  # bench/, beside this script
 
 for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH"):
     os.environ.pop(var, None)
@@ -55,7 +57,7 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=16, help="training steps of the short trials")
     parser.add_argument("--long", type=int, default=64, help="training steps of the long trials")
     parser.add_argument("--keep-home", type=Path, default=None, help="use (and keep) this project folder")
-    args = parser.parse_args()
+    args = parse_args(parser, trials=1, repeats=1, short=8, long=16)
 
     home = args.keep_home or Path(tempfile.mkdtemp(prefix="smolforge-bench-sweep-"))
     from smolforge.environment import configure

@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,46 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path, replace: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside `final` to fill; when the block completes, flush its files
+    and rename it into place. Readers see the old folder or the new one complete, never a partial
+    one: an existing `final` is renamed aside first and deleted after. `replace(final)` decides
+    about a folder already there when the block completes: True replaces it (the default), False
+    keeps it and discards what the block wrote, an exception refuses. On an error the temporary
+    folder is removed and `final` is untouched.
+
+    The one write-then-rename path of the project: artifacts, dedup indexes, checkpoints and the
+    sample corpus all publish their folders through it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+    tmp = final.with_name(f".tmp-{final.name}-{tag}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                fsync_path(file)
+        fsync_path(tmp)
+        old = None
+        if final.exists():
+            if replace is not None and not replace(final):
+                return
+            old = final.with_name(f".old-{final.name}-{tag}")
+            os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if old is not None:
+                os.rename(old, final)
+            raise
+        fsync_path(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def code_version(*files: str | Path) -> str:
@@ -115,12 +156,8 @@ class ArtifactStore:
         """Yield a temp folder and a dict for metrics; on success hash the files, write the
         manifest and rename the folder into place. On error the temp folder is removed, so no
         half-written artifact is ever visible under its key."""
-        final = self.path(kind, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{key}-{os.getpid()}-{time.monotonic_ns()}"
-        tmp.mkdir()
         metrics: dict[str, Any] = {}
-        try:
+        with atomic_folder(self.path(kind, key)) as tmp:  # a corrupt or partial earlier copy is replaced
             yield tmp, metrics
             files = {
                 str(p.relative_to(tmp)): {"size": p.stat().st_size, "xxh3": file_hash(p)}
@@ -138,12 +175,6 @@ class ArtifactStore:
                 "files": files,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-            if final.exists():  # a corrupt or partial earlier copy: replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def list(self) -> list[dict[str, Any]]:
         """Manifests of every complete artifact, with size on disk and the problem, if any."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from smolforge.flows.config import FLOWS
+from smolforge.flows.config import ARTIFACT_KINDS, DEFAULT_PRESET, FLOWS, available_presets
 
 app = typer.Typer(
     help="Make small language models as an orchestrated, reproducible pipeline (Prefect + MLflow).",
@@ -19,7 +22,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Users paste keys and paths from this output (a corpus key into `curate.dedup.against`), so a line
+# is never broken inside them, and when the output is not a terminal (a pipe, a CI log) tables take
+# the width of their content instead of rich's 80-column default.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1_000)
 
 
 def _fail(message: str) -> None:
@@ -30,7 +36,12 @@ def _fail(message: str) -> None:
 @app.command()
 def run(
     flow: Annotated[str, typer.Argument(help=f"Which flow: {', '.join(FLOWS)}.")] = "pipeline",
-    preset: Annotated[Optional[str], typer.Option(help="Preset name (default: tiny, unless --config is given).")] = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"Preset: {', '.join(available_presets())}. \\[default: {DEFAULT_PRESET}; none when --config is given]"
+        ),
+    ] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file merged over the preset.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override one setting: section.field=value (repeatable).")] = [],
 ) -> None:
@@ -45,11 +56,15 @@ def run(
     if flow not in FLOWS:
         _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
     try:
-        cfg = load_config(preset or (None if config else "tiny"), config, set_)
+        cfg = load_config(preset or (None if config else DEFAULT_PRESET), config, set_)
     except ConfigError as exc:
         _fail(str(exc))
     if flow != "pipeline" and getattr(cfg, flow) is None:
         _fail(f"the {flow} flow needs a `{flow}` section in the config (--config FILE or --set {flow}=...)")
+    # MLflow's own INFO lines (creating its tables on a first run) say nothing a user acts on; our
+    # own log records (a stage resuming from a checkpoint) go to the Prefect UI beside the console.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "smolforge")
     home = configure()
     console.print(f"[dim]project folder {home}[/]")
     if flow == "pipeline":
@@ -60,20 +75,17 @@ def run(
             console.print("nothing changed since the last run of this config (same code and inputs): every stage is cached")
             _print_results(replayed, cfg.tracking.experiment, time.perf_counter() - started)
             return
+    quiet_task_runs_on_console()
 
     from smolforge.flows.config import STAGES
     from smolforge.flows.pipeline import pipeline, stage_flow
     from smolforge.flows.results import PipelineResult
-    from smolforge.runners import task_runner_for
 
     try:
         if flow == "pipeline":
             result = pipeline(cfg)
         else:
-            run_flow = stage_flow(next(s for s in STAGES if s.name == flow))
-            if flow == "curate":
-                run_flow = run_flow.with_options(task_runner=task_runner_for(cfg.execution))
-            alone = run_flow(cfg)
+            alone = stage_flow(next(s for s in STAGES if s.name == flow), cfg.execution)(cfg)
             result = PipelineResult(mlflow_run_id=alone.mlflow_run_id, seconds=alone.seconds, **{flow: alone})
     except ConfigError as exc:
         _fail(str(exc))
@@ -88,6 +100,27 @@ def _print_results(result, experiment: str, wall: float) -> None:
         if stage_result.cached and stage_result.mlflow_run_id:
             console.print(f"[dim]{name} came from the cache: recorded in MLflow run {stage_result.mlflow_run_id}[/]")
     _where_to_look(result, experiment, wall)
+
+
+class _NoTaskRunInfo(logging.Filter):
+    """Drops task runs' INFO records (one "Finished in state Completed()" per shard and step: dozens
+    per stage); their warnings and errors, and the flow runs' lines, still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith("prefect.task_runs")
+
+
+def quiet_task_runs_on_console() -> None:
+    """Quiet Prefect's console handler, not its loggers: the API handler, attached to the task-run
+    logger itself, still sends every record to the Prefect UI. Called after `configure()`: Prefect
+    reads its settings when its logging is set up, here or at the import of its flow API."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_NoTaskRunInfo())
 
 
 def print_sweep(summary) -> None:
@@ -113,9 +146,6 @@ def print_sweep(summary) -> None:
 def _settle_events() -> None:
     """Hand the last task-run events to Prefect's temporary server before it shuts down with the
     process; without the pause its recorder is cancelled mid-flush and the UI misses the last states."""
-    import os
-    import time
-
     from prefect.events.worker import EventsWorker
 
     EventsWorker.drain_all(timeout=10)
@@ -238,7 +268,7 @@ def _where_to_look(result, experiment: str, wall: float) -> None:
 
     curated = result.curate
     if curated is not None:
-        console.print(f"corpus      {curated.corpus.uri}")
+        console.print(f"corpus      {curated.corpus.key}  {curated.corpus.uri}")
     if result.mlflow_run_id:
         console.print(f"MLflow run  {result.mlflow_run_id}  {tracking.run_url(result.mlflow_run_id, experiment)}")
     console.print(f"            tracking store {mlflow_tracking_uri(project_home())}")
@@ -248,11 +278,13 @@ def _where_to_look(result, experiment: str, wall: float) -> None:
 
 
 @app.command()
-def artifacts(kind: Annotated[Optional[str], typer.Option(help="Only this kind.")] = None) -> None:
+def artifacts(kind: Annotated[Optional[str], typer.Option(help=f"Only this kind: {', '.join(ARTIFACT_KINDS)}.")] = None) -> None:
     """List artifacts with their size, age and lineage (the artifacts they were made from)."""
     from smolforge.artifacts import ArtifactStore
     from smolforge.environment import project_home
 
+    if kind is not None and kind not in ARTIFACT_KINDS:
+        _fail(f"unknown artifact kind {kind!r}; the kinds are: {', '.join(ARTIFACT_KINDS)}")
     store = ArtifactStore(project_home() / "artifacts")
     rows = [r for r in store.list() if kind is None or r.get("kind") == kind]
     if not rows:
@@ -260,13 +292,13 @@ def artifacts(kind: Annotated[Optional[str], typer.Option(help="Only this kind."
         return
     table = Table(title=f"artifacts in {store.root}", title_justify="left")
     for col in ("kind", "key", "size", "created", "made from"):
-        table.add_column(col, justify="right" if col == "size" else "left")
+        table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col == "key")
     for r in rows:
         inputs = r.get("inputs", [])
         lineage = ", ".join(sorted({f"{i['kind']}:{i['key'][:8]}" for i in inputs})[:4])
         if len(inputs) > 4:
             lineage += f" … ({len(inputs)} inputs)"
-        table.add_row(r["kind"], r["key"][:12], _size(r["bytes"]), r.get("created", "?"), lineage)
+        table.add_row(r["kind"], r["key"], _size(r["bytes"]), r.get("created", "?"), lineage)
     console.print(table)
 
 

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from smolforge import tracking
 from smolforge.artifacts import ArtifactRef, file_hash, stable_hash
 from smolforge.errors import ConfigError
 from smolforge.runtime import Runtime
@@ -45,7 +46,6 @@ def _from_registry(spec: str, scratch: Path, setting: str) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from smolforge import tracking
 
     tracking._mlflow()  # the project's tracking URI, where the registry lives
     try:

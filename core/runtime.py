@@ -16,8 +16,8 @@ from smolforge.strict import Strict
 
 class ExecutionConfig(Strict):
     runner: Literal["local", "dask"] = Field("local", description="Prefect task runner: threads here, or a Dask cluster.")
-    workers: int = Field(0, ge=0, description="Processes for CPU-bound steps; 0 means all cores.")
-    dask_address: str | None = Field(None, description="Scheduler address; none starts a local Dask cluster.")
+    workers: int = Field(0, ge=0, description="Worker processes for CPU-bound steps (count); 0 means one per core.")
+    dask_address: str | None = Field(None, description="Scheduler address (tcp://host:8786); null starts a local Dask cluster.")
 
     def cpu_workers(self) -> int:
         return self.workers or os.cpu_count() or 1

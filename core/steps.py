@@ -8,7 +8,7 @@ a key has gone missing or fails its hashes, the stale Prefect record is deleted 
 really runs again.
 
 A step that can be interrupted and resumed (training) also declares `workdir`: a folder kept per
-key outside the artifact, where it leaves checkpoints a re-run picks up.
+key outside the artifact, created before the step runs, where it leaves checkpoints a re-run picks up.
 """
 
 from __future__ import annotations
@@ -93,7 +93,14 @@ def artifact_step(kind: str, *, code: tuple[str | Path, ...] = (), **task_option
             existing = store.get(kind, key)
             if existing is not None:
                 return existing
-            extra = {"workdir": store.root / ".work" / kind / key} if wants_workdir else {}
+            extra = {}
+            if wants_workdir:
+                # Made here, once for every way a step runs: the one-process stage used to get it as a
+                # side effect of its first checkpoint, while torchrun's launcher writes its spec into
+                # it before any checkpoint exists (and failed on a fresh project folder).
+                workdir = store.root / ".work" / kind / key
+                workdir.mkdir(parents=True, exist_ok=True)
+                extra["workdir"] = workdir
             with store.write(kind, key, step=step, inputs=_input_refs(params), config=jsonable(defining)) as (tmp, metrics):
                 metrics.update(fn(tmp, **params, **extra) or {})
             return store.ref(kind, key)

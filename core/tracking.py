@@ -22,15 +22,25 @@ def _mlflow():
     return mlflow
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI "Traces" page; this value (the
+# UI's "Machine learning" kind) opens the runs and their charts. The UI writes `*_inferred` values
+# when it guesses, so only those are replaced in an existing experiment, never a kind a user chose.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def experiment_id(name: str) -> str:
+    """The experiment `name`, created if needed, with the kind that opens it on its training runs."""
     mlflow = _mlflow()
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG, "_inferred").endswith("_inferred"):
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         location = (project_home() / "mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def prefect_tags() -> dict[str, str]:

@@ -30,6 +30,7 @@ from smolforge.tasks.sweep.config import SweepConfig
 from smolforge.tasks.train.config import PretrainSection
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "tiny"  # what `smolforge run` uses without --preset or --config
 
 
 class Stage(NamedTuple):
@@ -39,34 +40,56 @@ class Stage(NamedTuple):
     name: str
     flow: str
     sweepable: bool = False  # a sweep can optimise this stage's settings
+    fans_out: bool = False  # submits many tasks at once: runs on the configured task runner (threads or Dask)
+    artifacts: tuple[str, ...] = ()  # the kinds of artifact its steps write (`smolforge artifacts --kind`)
 
 
 # The pipeline runs these in order, each when its section is set; the CLI's flow list (and the
 # deployments) come from here. A new stage is one line here and one field in `PipelineConfig`.
 STAGES = (
-    Stage("curate", "smolforge.flows.curate:curate"),
-    Stage("pretrain", "smolforge.flows.pretrain:pretrain", sweepable=True),
-    Stage("distill", "smolforge.flows.distill:distill", sweepable=True),
-    Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True),
-    Stage("sweep", "smolforge.flows.sweep:sweep"),
-    Stage("merge", "smolforge.flows.merge:merge"),
-    Stage("evaluate", "smolforge.flows.evaluate:evaluate"),
+    Stage(
+        "curate",
+        "smolforge.flows.curate:curate",
+        fans_out=True,
+        artifacts=(
+            "extracted", "language", "quality", "pii", "minhash", "dedup_plan", "deduped", "tokenizer", "tokens", "corpus",
+        ),
+    ),
+    Stage("pretrain", "smolforge.flows.pretrain:pretrain", sweepable=True, artifacts=("pretrained",)),
+    # a teacher or base named by registry URI, folder or hub id is imported as a `model-import` artifact
+    Stage("distill", "smolforge.flows.distill:distill", sweepable=True, artifacts=("model-import", "teacher-topk", "distilled")),
+    Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True, artifacts=("model-4bit", "finetuned")),
+    Stage("sweep", "smolforge.flows.sweep:sweep", artifacts=("sweep-trial",)),
+    # ingredients and bases named by registry URI or folder are imported as `model-import` artifacts
+    Stage(
+        "merge",
+        "smolforge.flows.merge:merge",
+        artifacts=("model-import", "lora-merged", "merge-data", "merged", "merge-score", "merge-report"),
+    ),
+    # models named by registry URI or folder in evaluate.models are imported as `model-import` artifacts
+    Stage("evaluate", "smolforge.flows.evaluate:evaluate", artifacts=("model-import", "eval-data", "evaluation", "eval-report")),
 )
 FLOWS = ("pipeline", *(s.name for s in STAGES))
+ARTIFACT_KINDS = tuple(dict.fromkeys(kind for s in STAGES for kind in s.artifacts))
 SWEEPABLE = tuple(s.name for s in STAGES if s.sweepable)
 
 
 class PipelineConfig(Strict):
     preset: str | None = Field(None, description="Preset this config was built from (informational).")
-    curate: CurateConfig
+    curate: CurateConfig = Field(
+        description="Curation: sources, extraction, language identification, quality filters, PII masking, "
+        "deduplication, the tokenizer and packing into token shards."
+    )
     pretrain: PretrainSection | None = Field(None, description="Pretraining after curation; null stops after curation.")
     distill: DistillConfig | None = Field(None, description="Distillation of the pretrained model into a smaller student.")
     finetune: FinetuneConfig | None = Field(None, description="Instruction/chat fine-tuning (LoRA, QLoRA or full).")
     sweep: SweepConfig | None = Field(None, description="An Optuna sweep over one stage's settings.")
     merge: MergeConfig | None = Field(None, description="Merges of fine-tunes of one base (mergekit, greedy soup).")
     evaluate: EvaluateConfig | None = Field(None, description="Evaluation of the pipeline's models (and others) on held-out data.")
-    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    execution: ExecutionConfig = Field(
+        default_factory=ExecutionConfig, description="How tasks run: the Prefect task runner and the CPU worker processes."
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where runs are logged in MLflow.")
 
     def runtime(self, parent_run_id: str | None = None) -> Runtime:
         """The project's artifact store, CPU budget and MLflow experiment, with stage runs nested
@@ -148,4 +171,4 @@ def load_config(
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_errors(exc)) from None
+        raise ConfigError(describe_errors(exc, PipelineConfig)) from None

@@ -27,9 +27,11 @@ from smolforge.progress import wait_with_progress
 from smolforge.runners import task_runner_for
 from smolforge.runtime import Runtime
 from smolforge.tasks.curate import prefect_tasks as t
+from smolforge.tasks.curate.dedup import SignatureSettings
+from smolforge.tasks.curate.sources import InputFile, discover
 
 
-def _index_inputs(against: list[str], runtime: Runtime) -> list[t.InputFile]:
+def _index_inputs(against: list[str], runtime: Runtime) -> list[InputFile]:
     """Earlier dedup indexes, named by folder or by the key of the corpus that holds one."""
     found = []
     for entry in against:
@@ -46,7 +48,7 @@ def _index_inputs(against: list[str], runtime: Runtime) -> list[t.InputFile]:
                 f"curate.dedup.against: {entry!r} is neither a dedup index folder nor the key of a corpus in {runtime.root}"
             )
         digest = file_hash(folder / "index.npz")
-        found.append(t.InputFile(rel=folder.name, xxh3=digest, root=str(folder.parent)))
+        found.append(InputFile(rel=folder.name, xxh3=digest, root=str(folder.parent)))
     return found
 
 
@@ -82,27 +84,28 @@ def curate(config: PipelineConfig, upstream: PipelineResult | None = None, paren
         t.sample_corpus_task(str(data_dir), cfg.sample_corpus.scale)
 
     # Fail on configuration mistakes (a glob matching nothing, a missing index) before any work.
-    files = {s.name: t.discover(s, data_dir) for s in cfg.sources}
+    files = {s.name: discover(s, data_dir) for s in cfg.sources}
     against = _index_inputs(cfg.dedup.against, runtime)
     clock.lap("inputs")
 
     steps: dict[str, list[PrefectFuture]] = {k: [] for k in ("extract", "language", "quality", "pii", "minhash")}
     by_source: dict[str, list[PrefectFuture]] = {}
+    signature_settings = SignatureSettings.of(cfg.dedup)
     for source in cfg.sources:
         for chunk in _chunks(files[source.name], cfg.extract.files_per_shard):
-            ex = t.extract_shard.submit(source, chunk, cfg.extract, runtime)
-            la = t.language_shard.submit(ex, cfg.language, source.language, runtime)
-            qu = t.quality_shard.submit(la, cfg.quality, runtime)
-            pi = t.pii_shard.submit(qu, cfg.pii, runtime)
-            mh = t.minhash_shard.submit(pi, t.minhash_options(cfg.dedup), runtime)
-            for name, fut in zip(steps, (ex, la, qu, pi, mh)):
+            extracted = t.extract_shard.submit(source, chunk, cfg.extract, runtime)
+            identified = t.language_shard.submit(extracted, cfg.language, source.language, runtime)
+            filtered = t.quality_shard.submit(identified, cfg.quality, runtime)
+            masked = t.pii_shard.submit(filtered, cfg.pii, runtime)
+            signed = t.minhash_shard.submit(masked, signature_settings, runtime)
+            for name, fut in zip(steps, (extracted, identified, filtered, masked, signed)):
                 steps[name].append(fut)
-            by_source.setdefault(source.name, []).append(pi)
+            by_source.setdefault(source.name, []).append(masked)
     wait_with_progress(steps)
     clock.lap("documents")
 
     plan = t.dedup_plan(steps["minhash"], against, cfg.dedup, runtime)
-    deduped = {name: [t.dedup_shard.submit(pi, plan, runtime) for pi in futs] for name, futs in by_source.items()}
+    deduped = {name: [t.dedup_shard.submit(masked, plan, runtime) for masked in shards] for name, shards in by_source.items()}
     wait_with_progress({"dedup": [f for futs in deduped.values() for f in futs]})
     deduped_refs = {name: [f.result() for f in futs] for name, futs in deduped.items()}
     clock.lap("dedup")
@@ -147,11 +150,11 @@ def log_curation(
     config: PipelineConfig,
     corpus: ArtifactRef,
     report: dict[str, Any],
-    files: dict[str, list[t.InputFile]],
+    files: dict[str, list[InputFile]],
     data_dir: Path,
     parent_run_id: str | None,
 ) -> str:
-    """Params, funnel metrics, the table, the chart, the dropped-document list and the datasets."""
+    """Params, funnel metrics, the funnel and drop tables, the chart, the dropped-document list and the datasets."""
     import mlflow
     import pandas as pd
 
@@ -166,9 +169,6 @@ def log_curation(
             for field in ("docs_in", "docs_out", "dropped", "chars_in", "chars_out", "tokens_out"):
                 if row.get(field) is not None:
                     metrics[tracking.metric_name(row["step"], field)] = row[field]
-        for step, m in report["steps"].items():
-            for reason, n in m.get("drops", {}).items():
-                metrics[tracking.metric_name("dropped", step, reason)] = n
         for lang, n in report.get("languages", {}).items():
             metrics[tracking.metric_name("language", lang)] = n
         for source, meta in report["sources"].items():
@@ -176,6 +176,13 @@ def log_curation(
                 metrics[tracking.metric_name("tokens", source, split)] = meta.get(split, {}).get("n_tokens", 0)
         mlflow.log_metrics(metrics)
         mlflow.log_table(pd.DataFrame(report["funnel"]), "curation/funnel.json")
+        # Drop counts are one number each per run: a table row, not a single-point metric chart.
+        drops = [
+            {"step": step, "reason": reason, "documents": n}
+            for step, m in report["steps"].items()
+            for reason, n in sorted(m.get("drops", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        ]
+        mlflow.log_table(pd.DataFrame(drops, columns=["step", "reason", "documents"]), "curation/drops.json")
         for name in ("funnel.png", "corpus.json", "dropped.parquet"):
             mlflow.log_artifact(str(corpus.path / name), "curation")
         for source, inputs in files.items():

@@ -14,7 +14,7 @@ from smolforge.artifacts import stable_hash
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
 from smolforge.flows.curate import corpus_of
-from smolforge.flows.pretrain import pretrain
+from smolforge.flows.pretrain import pretrained_model
 from smolforge.flows.results import DistillInputs, DistillResult, PipelineResult, Registered
 from smolforge.model_source import model_folder, resolve
 from smolforge.tasks.curate.tokenizer import load_tokenizer
@@ -39,10 +39,7 @@ def distill_inputs(config: PipelineConfig, upstream: PipelineResult | None, pare
         plan_for(cfg, sources)
     except ValueError as exc:
         raise ConfigError(f"distill: {exc}") from None
-    pretrained = None
-    if cfg.teacher is None:
-        done = upstream.pretrain if upstream is not None else None
-        pretrained = done.model if done is not None else pretrain(config, upstream, parent_run_id).model
+    pretrained = pretrained_model(config, upstream, parent_run_id) if cfg.teacher is None else None
     runtime = config.runtime(parent_run_id)
     teacher = resolve(cfg.teacher, pretrained, runtime, "distill.teacher")
     sizes = check_teacher(model_folder(teacher.path), load_tokenizer(sources.tokenizer), sources.tokenizer, cfg.student)

@@ -17,7 +17,7 @@ from smolforge.artifacts import file_hash, stable_hash
 from smolforge.environment import project_home
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
-from smolforge.flows.pretrain import pretrain
+from smolforge.flows.pretrain import pretrained_model
 from smolforge.flows.results import FinetuneInputs, FinetuneResult, PipelineResult, Registered
 from smolforge.model_source import resolve
 from smolforge.tasks.curate.prefect_tasks import sample_corpus_task
@@ -52,10 +52,7 @@ def finetune_inputs(config: PipelineConfig, upstream: PipelineResult | None, par
     if cfg is None:
         raise ConfigError("the finetune flow needs a `finetune` section in the config")
     files = data_files(config, project_home())
-    pretrained = None
-    if cfg.base is None:
-        done = upstream.pretrain if upstream is not None else None
-        pretrained = done.model if done is not None else pretrain(config, upstream, parent_run_id).model
+    pretrained = pretrained_model(config, upstream, parent_run_id) if cfg.base is None else None
     runtime = config.runtime(parent_run_id)
     base = resolve(cfg.base, pretrained, runtime, "finetune.base")
     targets = check_against_model(cfg, base.path)

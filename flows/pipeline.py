@@ -15,12 +15,14 @@ from smolforge.flows.config import STAGES, PipelineConfig, Stage
 from smolforge.flows.results import PipelineResult
 from smolforge.flows.sweep_objectives import check_sweep
 from smolforge.runners import task_runner_for
+from smolforge.runtime import ExecutionConfig
 
 
-def stage_flow(stage: Stage):
-    """The flow function a stage names in the composition."""
+def stage_flow(stage: Stage, execution: ExecutionConfig):
+    """The flow a stage names in the composition, on the configured task runner if it fans out."""
     module, name = stage.flow.split(":")
-    return getattr(importlib.import_module(module), name)
+    run = getattr(importlib.import_module(module), name)
+    return run.with_options(task_runner=task_runner_for(execution)) if stage.fans_out else run
 
 
 @flow(name="pipeline", log_prints=True)
@@ -35,10 +37,7 @@ def pipeline(config: PipelineConfig) -> PipelineResult:
         for stage in STAGES:
             if getattr(config, stage.name) is None:
                 continue
-            run = stage_flow(stage)
-            if stage.name == "curate":  # the per-document steps fan out on the configured task runner
-                run = run.with_options(task_runner=task_runner_for(config.execution))
-            setattr(result, stage.name, run(config, result, parent.info.run_id))
+            setattr(result, stage.name, stage_flow(stage, config.execution)(config, result, parent.info.run_id))
         # stages that trained nothing made no run of their own: say which earlier runs hold them
         tracking.set_tags({
             f"smolforge.reused.{name}": r.mlflow_run_id for name, r in result.stages.items() if r.cached and r.mlflow_run_id

@@ -77,3 +77,11 @@ def pretrain(config: PipelineConfig, upstream: PipelineResult | None = None, par
         model=previous, inputs=inputs, stages=results, registered=Registered(**registered), mlflow_run_id=run.info.run_id,
         seconds=round(sum(r.get("seconds", 0) for r in results), 1),
     )
+
+
+def pretrained_model(config: PipelineConfig, upstream: PipelineResult | None, parent_run_id: str | None) -> ArtifactRef:
+    """The model the pipeline pretrained, or (run alone) the one this config pretrains, from the
+    cache when it was trained before: the default teacher and fine-tuning base."""
+    if upstream is not None and upstream.pretrain is not None:
+        return upstream.pretrain.model
+    return pretrain(config, upstream, parent_run_id).model

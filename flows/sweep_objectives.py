@@ -30,7 +30,7 @@ from smolforge.flows.finetune import data_files, finetune_inputs
 from smolforge.flows.pretrain import planned_stages, pretrain_inputs
 from smolforge.flows.results import PipelineResult, StageInputs
 from smolforge.model_source import model_folder
-from smolforge.settings import apply_override, describe_errors
+from smolforge.settings import apply_override, describe_errors, field_path_problem
 from smolforge.tasks.curate.tokenizer import load_tokenizer
 from smolforge.tasks.distill.teacher import TopKStore
 from smolforge.tasks.distill.train import distill_student, plan_for
@@ -38,7 +38,7 @@ from smolforge.tasks.finetune.config import FinetuneConfig
 from smolforge.tasks.finetune.data import load_data
 from smolforge.tasks.finetune.quantize import saved_with
 from smolforge.tasks.finetune.train import finetune_model
-from smolforge.tasks.sweep.space import field_path_problem, render
+from smolforge.tasks.sweep.space import render
 from smolforge.tasks.sweep.study import TrialFailed
 from smolforge.tasks.train.data import CorpusSources
 from smolforge.tasks.train.loop import DivergenceError

@@ -22,14 +22,14 @@ from smolforge.strict import Strict
 class ModelShape(Strict):
     """The fully resolved architecture: every field set, nothing left to a preset."""
 
-    hidden_size: int = Field(description="Width of the residual stream.")
+    hidden_size: int = Field(description="Width of the residual stream (features per token).")
     num_layers: int = Field(description="Decoder layers.")
     num_heads: int = Field(description="Query heads per attention layer.")
     num_kv_heads: int = Field(description="Key/value heads (grouped-query attention).")
-    intermediate_size: int = Field(description="Width of the SwiGLU feed-forward block.")
+    intermediate_size: int = Field(description="Width of the SwiGLU feed-forward block (features).")
     rope_theta: float = Field(description="RoPE base frequency.")
     nope_every: int = Field(description="Every N-th layer drops RoPE (NoPE); 0 keeps RoPE everywhere.")
-    max_seq_len: int = Field(description="Longest sequence the model is trained on (max_position_embeddings).")
+    max_seq_len: int = Field(description="Longest sequence the model is trained on, in tokens (max_position_embeddings).")
 
     @property
     def head_dim(self) -> int:
@@ -88,13 +88,13 @@ class ModelConfig(Strict):
         description="Base shape: tiny (a few million parameters, CPU), small (SmolLM2-135M's shape), "
         "smollm3-3b (SmolLM3's shape).",
     )
-    hidden_size: int | None = Field(None, ge=8, description="Override: width of the residual stream.")
+    hidden_size: int | None = Field(None, ge=8, description="Override: width of the residual stream (features per token).")
     num_layers: int | None = Field(None, ge=1, description="Override: number of decoder layers.")
     num_heads: int | None = Field(None, ge=1, description="Override: query heads per layer.")
     num_kv_heads: int | None = Field(
         None, ge=1, description="Override: key/value heads; must divide num_heads (grouped-query attention)."
     )
-    intermediate_size: int | None = Field(None, ge=1, description="Override: SwiGLU feed-forward width.")
+    intermediate_size: int | None = Field(None, ge=1, description="Override: SwiGLU feed-forward width (features).")
     rope_theta: float | None = Field(None, gt=0, description="Override: RoPE base frequency.")
     nope_every: int | None = Field(
         None, ge=0, description="Override: drop RoPE in every N-th layer (SmolLM3: 4); 0 keeps RoPE in all layers."

@@ -47,6 +47,15 @@ def tiny_pipeline(sample_corpus) -> dict:
     return pipeline(load_config("tiny"))
 
 
+@pytest.fixture
+def outside_env() -> dict[str, str]:
+    """This process's environment without the session's Prefect, MLflow and project settings: for a
+    command run the way a user runs it, which sets up its own project folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SMOLFORGE_"))}
+    env["COLUMNS"] = "200"  # rich tables as wide as they need, so their rows can be read back
+    return env
+
+
 def _remove_home() -> None:
     if os.environ.get("SMOLFORGE_KEEP_TEST_HOME") != "1":
         shutil.rmtree(SESSION_HOME, ignore_errors=True)

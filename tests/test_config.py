@@ -66,3 +66,20 @@ def test_apply_override_parses_yaml_values():
     apply_override(data, "a.c=[1, 2]")
     apply_override(data, "a.b=null")
     assert data == {"a": {"b": None, "c": [1, 2]}}
+
+
+
+@pytest.mark.parametrize(
+    "override, where, closest, valid",
+    [
+        ("curate.languag.threshold=0.5", "curate.languag", "language", "data_dir, dedup, extract, language, pack"),
+        ("pretrain.model.hidden=64", "pretrain.model.hidden", "hidden_size", "hidden_size, intermediate_size"),
+        ("curate.sources.0.pth=x", "curate.sources.0.pth", "path", "kind, language, name, path"),
+    ],
+)
+def test_an_unknown_setting_names_the_closest_valid_key_and_the_keys_at_its_level(override, where, closest, valid):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", overrides=[override])
+    assert f"{where}: unknown setting" in str(err.value)
+    assert f"(did you mean {closest!r}?); its settings: {valid}" in str(err.value)
+

@@ -103,10 +103,13 @@ def test_mlflow_has_parent_and_child_runs_with_metrics_artifacts_datasets(first_
     child = mlflow.get_run(first_run.curate.mlflow_run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.data.metrics["extract.docs_in"] == first_run.curate.funnel[0]["docs_in"]
-    assert child.data.metrics["dropped.dedup.exact_duplicate"] == 1
+    assert not [m for m in child.data.metrics if m.startswith("dropped.")]  # a table: curation/drops.json
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path="curation/drops.json")).read_text())
+    drops = {(row[0], row[1]): row[2] for row in table["data"]}
+    assert table["columns"][:3] == ["step", "reason", "documents"] and drops[("dedup", "exact_duplicate")] == 1
     assert child.data.params["curate.language.threshold"] == "0.65"
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id, "curation")}
-    assert {"curation/funnel.png", "curation/dropped.parquet", "curation/corpus.json", "curation/funnel.json"} <= names
+    assert {"curation/funnel.png", "curation/dropped.parquet", "curation/corpus.json", "curation/funnel.json", "curation/drops.json"} <= names
     contexts = {i.tags[0].value for i in child.inputs.dataset_inputs}
     assert contexts == {"raw", "curated"}
 

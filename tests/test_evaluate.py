@@ -1,11 +1,7 @@
 """The evaluation stage's pieces without a pipeline: answer metrics, perplexity windows, task YAML
-checks, the comparison's tokenizer note, and the benchmark's quick mode."""
+checks and the comparison's tokenizer note (the benchmark's quick mode runs in tests/test_bench.py)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +10,6 @@ from smolforge.tasks.evaluate.harness import check_task_yamls
 from smolforge.tasks.evaluate.perplexity import IGNORE_INDEX, document_windows, make_batches
 from smolforge.tasks.evaluate.registry import TASKS, EvaluationError
 from smolforge.tasks.evaluate.report import comparison_rows
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_reference_against_itself_scores_perfectly_and_a_wrong_answer_does_not():
@@ -64,9 +58,3 @@ def test_the_comparison_says_when_perplexities_do_not_compare():
     assert rows[-1] == {"model": "c", "tokenizer": "B", "bits_per_byte": 1.5}
     assert "only between rows with the same tokenizer letter" in note
 
-
-def test_the_benchmark_quick_mode_prints_its_table():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "evaluate.py"), "--quick"], capture_output=True, text=True, timeout=600, check=True
-    ).stdout
-    assert "ratio to bare" in out and "smolforge" in out and "bare" in out

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -298,13 +296,3 @@ def test_an_ingredient_that_names_nothing_is_refused(tmp_path):
         with pytest.raises(MergeError, match=rf"merge.ingredients.1={spec!r}: no such model"):
             require(find_artifact(store, spec), spec, "merge.ingredients.1", store)
 
-
-@pytest.mark.slow
-def test_the_benchmark_quick_mode_prints_its_tables(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve().parent.parent / "bench" / "merge.py"), "--quick"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    for line in ("ratio to direct", "paired ratio stage/direct", "soup claim on held-out test records", "greedy soup"):
-        assert line in done.stdout, f"{line!r} missing from:\n{done.stdout[-3000:]}"

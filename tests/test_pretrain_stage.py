@@ -1,12 +1,16 @@
 """The pretraining task's stage runner: a stage killed mid-way resumes from its work folder and
 reaches the weights of an uninterrupted run, and `nproc: 2` trains through torchrun (two CPU
 processes over gloo) to the same losses and weights as one process, with rank 0 logging to the
-stage's MLflow run."""
+stage's MLflow run; a killed two-process stage resumes like a one-process one."""
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import mlflow
@@ -16,6 +20,7 @@ from safetensors.torch import load_file
 from train_fixtures import build_corpus
 
 from smolforge.tasks.curate.pack import read_meta
+from smolforge.tasks.train import checkpoint as ckpt
 from smolforge.tasks.train.config import PretrainSection
 from smolforge.tasks.train.data import CorpusSources
 from smolforge.tasks.train.prefect_tasks import plan_pretraining
@@ -65,12 +70,17 @@ def weights(spec: StageSpec) -> dict[str, torch.Tensor]:
     return load_file(spec.out / "model" / "model.safetensors")
 
 
-def test_a_stage_killed_mid_way_resumes_to_the_uninterrupted_weights(corpus, tmp_path):
+def test_a_stage_killed_mid_way_resumes_to_the_uninterrupted_weights_and_says_so(corpus, tmp_path, caplog):
     cfg = section()
-    reference = spec_for(corpus, cfg, tmp_path / "reference")
+    runs = {}
+    for name in ("reference", "killed"):
+        with mlflow.start_run(run_name=f"{name}-stage") as active:
+            pass
+        runs[name] = active.info.run_id
+    reference = spec_for(corpus, cfg, tmp_path / "reference", run_id=runs["reference"])
     run_stage(reference)
 
-    killed = spec_for(corpus, cfg, tmp_path / "killed")
+    killed = spec_for(corpus, cfg, tmp_path / "killed", run_id=runs["killed"])
     # The process kills itself (SIGKILL: no cleanup runs) as it is about to write step 15's
     # checkpoint, so steps 11-15 are lost and must be trained again from step 10's.
     script = textwrap.dedent(
@@ -94,6 +104,63 @@ def test_a_stage_killed_mid_way_resumes_to_the_uninterrupted_weights(corpus, tmp
 
     result = run_stage(killed)  # the task running again: same work folder
     assert result["steps"] == 20
+    for name, value in weights(reference).items():
+        torch.testing.assert_close(weights(killed)[name], value, rtol=0, atol=1e-6, msg=name)
+    checkpoint = killed.workdir / "checkpoints" / "step-000010"
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "resumes" in r.getMessage()]
+    assert said == [f"stage 'one' resumes at step 10 from checkpoint {checkpoint} (an earlier attempt stopped there)"]
+    tags = mlflow.get_run(runs["killed"]).data.tags
+    assert (tags["smolforge.resumed_at_step"], tags["smolforge.resumed_from"]) == ("10", str(checkpoint))
+    assert "smolforge.resumed_at_step" not in mlflow.get_run(reference.run_id).data.tags  # an uninterrupted stage
+
+
+def _pids_with(marker: str) -> list[int]:
+    """Processes whose command line contains `marker` (torchrun starts its workers in sessions of
+    their own, so killing the launcher's process group would leave them running)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            pass
+    return pids
+
+
+def test_a_killed_two_process_stage_resumes_to_the_uninterrupted_weights(corpus, tmp_path):
+    """The same through torchrun: once step 5's checkpoint exists, the launcher, torchrun and both
+    workers are SIGKILLed (a machine going down: no cleanup runs anywhere), and the next launch on
+    the same work folder continues from the newest checkpoint to the uninterrupted run's weights."""
+    cfg = section(nproc=2)
+    reference = spec_for(corpus, cfg, tmp_path / "reference")
+    launch(reference, 2)
+
+    killed = spec_for(corpus, cfg, tmp_path / "killed")
+    script = f"from smolforge.tasks.train.stage import StageSpec, launch; launch(StageSpec.model_validate_json({killed.model_dump_json()!r}), 2)"
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed.workdir / "checkpoints" / ckpt.checkpoint_name(5)).exists():
+        assert launcher.poll() is None and time.monotonic() < deadline, "the stage ended before it could be killed"
+        time.sleep(0.01)
+    for pid in [launcher.pid, *_pids_with(str(killed.workdir / "spec.json"))]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    launcher.wait()
+    while _pids_with(str(killed.workdir / "spec.json")):  # the kernel reaps the workers
+        time.sleep(0.1)
+    assert not (killed.out / "model").exists()
+    left = ckpt.latest(killed.workdir / "checkpoints")
+    assert left is not None
+    resumed_from = int(left.name.removeprefix("step-"))
+    assert 5 <= resumed_from < 20
+
+    with mlflow.start_run(run_name="resumed-stage") as active:  # a retried task opens a new stage run
+        pass
+    killed.run_id = active.info.run_id
+    result = launch(killed, 2)  # the task running again: same work folder
+    assert result["steps"] == 20 and result["processes"] == 2
+    logged = [m.step for m in mlflow.MlflowClient().get_metric_history(active.info.run_id, "loss")]
+    assert logged and min(logged) > resumed_from  # it trained only the steps after the checkpoint
     for name, value in weights(reference).items():
         torch.testing.assert_close(weights(killed)[name], value, rtol=0, atol=1e-6, msg=name)
 

@@ -4,7 +4,7 @@ import pytest
 
 from smolforge.tasks.curate.config import QualityConfig
 from smolforge.tasks.curate.documents import Doc
-from smolforge.tasks.curate.quality import STOP_WORDS, filter_quality
+from smolforge.tasks.curate.quality import STOP_WORDS, QualityStep
 
 CLEAN = (
     "The river that runs through the old town has been a source of water and trade for centuries.\n"
@@ -21,10 +21,10 @@ FAMILIES = ("gopher_repetition", "gopher_quality", "c4", "fineweb")
 
 def run(text: str, language: str = "en", only: str | None = None, **overrides):
     """The drop reason (or None); `only` turns the other rule sets off to test one in isolation."""
-    rules = QualityConfig(**overrides).model_dump()
+    rules = QualityConfig(**overrides)
     if only:
-        rules = {f: rules[f] if f == only else None for f in FAMILIES}
-    result = filter_quality([Doc(id="d", source="s", text=text, language=language)], rules)
+        rules = QualityConfig(**{f: getattr(rules, f) if f == only else None for f in FAMILIES})
+    result = QualityStep(rules).run([Doc(id="d", source="s", text=text, language=language)])
     return result.dropped[0].reason if result.dropped else None
 
 
@@ -67,16 +67,16 @@ def test_rule_drops_with_its_reason(text, reason):
 
 def test_c4_removes_lines_without_dropping_the_document():
     text = CLEAN + "Click here\nPlease enable javascript in your browser to see this page.\n"
-    rules = QualityConfig().model_dump()
-    result = filter_quality([Doc(id="d", source="s", text=text, language="en")], rules)
+    rules = QualityConfig()
+    result = QualityStep(rules).run([Doc(id="d", source="s", text=text, language="en")])
     assert result.kept and "javascript" not in result.kept[0].text and "Click here" not in result.kept[0].text
 
 
 def test_rule_set_can_be_switched_off():
     short = "Seven quick brown foxes jumped over the lazy dogs near every wooden fence today."
     assert run(short, only="gopher_quality") == "gopher_quality/gopher_short_doc"
-    rules = {"gopher_repetition": None, "gopher_quality": None, "c4": None, "fineweb": None}
-    result = filter_quality([Doc(id="d", source="s", text=short, language="en")], rules)
+    rules = QualityConfig(gopher_repetition=None, gopher_quality=None, c4=None, fineweb=None)
+    result = QualityStep(rules).run([Doc(id="d", source="s", text=short, language="en")])
     assert result.kept
 
 

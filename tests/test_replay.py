@@ -1,6 +1,7 @@
 """A pipeline run that would change nothing is answered from the record of the run that made it,
 without Prefect, and still leaves a `pipeline` run in MLflow; anything changed runs the flow."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,13 +10,18 @@ import mlflow
 import pytest
 
 from smolforge.flows.config import load_config
-from smolforge.flows.replay import replay
+from smolforge.flows.replay import fingerprint, replay
 
 pytestmark = pytest.mark.slow
 
 
-def test_an_unchanged_pipeline_is_replayed_with_its_artifacts_and_runs(tiny_pipeline):
-    replayed = replay(load_config("tiny"))
+def test_an_unchanged_pipeline_is_replayed_with_its_artifacts_and_runs(tiny_pipeline, session_home):
+    config = load_config("tiny")
+    # the last run of this config left the record: the session's pipeline, or a later cached
+    # re-run of it by another stage's test
+    record = session_home / "runs" / f"{fingerprint(config, session_home)}.json"
+    recorded = json.loads(record.read_text(encoding="utf-8"))
+    replayed = replay(config)
     assert replayed is not None
     assert list(replayed.stages) == list(tiny_pipeline.stages)
     assert all(r.cached for r in replayed.stages.values())
@@ -23,8 +29,9 @@ def test_an_unchanged_pipeline_is_replayed_with_its_artifacts_and_runs(tiny_pipe
     assert replayed.pretrain.registered == tiny_pipeline.pretrain.registered
     run = mlflow.get_run(replayed.mlflow_run_id)
     assert run.info.run_name == "pipeline" and replayed.mlflow_run_id != tiny_pipeline.mlflow_run_id
-    assert run.data.tags["smolforge.replayed_from"] == tiny_pipeline.mlflow_run_id
-    assert run.data.tags["smolforge.reused.finetune"] == tiny_pipeline.finetune.mlflow_run_id
+    assert run.data.tags["smolforge.replayed_from"] == recorded["mlflow_run_id"]
+    assert mlflow.get_run(recorded["mlflow_run_id"]).info.run_name == "pipeline"
+    assert run.data.tags["smolforge.reused.finetune"] == recorded["finetune"]["mlflow_run_id"]
     assert "prefect.flow_run_id" not in run.data.tags  # no flow ran
     version = mlflow.MlflowClient().get_model_version_by_alias("smolforge-chat", "candidate")
     assert version.version == tiny_pipeline.finetune.registered.version

@@ -18,8 +18,7 @@ check that).
 Reused from datatrove (plain functions/classes usable in memory):
   `MinhashConfig`, `_mersenne_prime` (datatrove.pipeline.dedup.minhash), `HashConfig`,
   `create_hash_func` (datatrove.utils.hashing), `TextNormConfig`, `simplify_text`, `ngrams`
-  (datatrove.utils.text), `load_word_tokenizer`, `SpaCyTokenizer`, `strip_strings`
-  (datatrove.utils.word_tokenizers).
+  (datatrove.utils.text); datatrove's word tokenizer through `words.py`.
 Written here, because datatrove has them only inside its file-based multi-stage pipeline
 (`MinhashDedupSignature` writes sorted per-bucket .sig files, `MinhashDedupBuckets` merges them
 with a heap, `MinhashDedupCluster` reads .dups files, `MinhashBuildIndex` writes .index files):
@@ -30,7 +29,7 @@ with a heap, `MinhashDedupCluster` reads .dups files, `MinhashBuildIndex` writes
     union-find clustering, and the index (kept per document, with ids, so a drop can name the
     earlier document it duplicates).
 Made faster than datatrove's per-document path, with output checked equal to datatrove's in the
-tests: `_simplify` (its diacritics step without a per-character generator) and `_WordTokenizer`
+tests: `_simplify` (its diacritics step without a per-character generator) and `words.WordSplitter`
 (its spaCy tokenizer applied once per distinct word instead of per document + sentencizer).
 
 Decisions (documented here because other steps and reports rely on them):
@@ -57,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import unicodedata
 import uuid
 from dataclasses import replace
@@ -68,11 +66,13 @@ import xxhash
 from datatrove.pipeline.dedup.minhash import MinhashConfig, _mersenne_prime
 from datatrove.utils.hashing import HashConfig, create_hash_func
 from datatrove.utils.text import TextNormConfig, ngrams, simplify_text
-from datatrove.utils.word_tokenizers import SpaCyTokenizer, load_word_tokenizer, strip_strings
+from pydantic import BaseModel, ConfigDict
 
-from smolforge.artifacts import fsync_path
+from smolforge.artifacts import atomic_folder
 
+from .config import DedupConfig
 from .documents import Doc, StepResult
+from .words import splitter as _tokenizer  # shared with the quality rules
 
 STEP = "dedup"
 EXACT_DUPLICATE = "exact_duplicate"
@@ -155,85 +155,6 @@ def _simplify(text: str, norm: TextNormConfig) -> str:
     return _strip_marks(partial).strip()
 
 
-# Languages whose datatrove tokenizer segments by context rather than whitespace-separated words
-# (jieba, the Japanese tokenizer, pyvi, Thai, Korean...): tokenised whole, never word by word.
-_CONTEXT_TOKENIZED = {"zh", "ja", "vi", "th", "ko", "my", "km", "lo", "bo"}
-
-
-class _WordTokenizer:
-    """datatrove's word tokenizer for `language`, memoised per whitespace-separated word.
-
-    `simplify_text` output is words separated by single spaces and spaCy's tokenizer handles each
-    whitespace-separated substring independently (prefix/suffix/infix/special cases such as
-    "cannot" -> "can not", "im" -> "i m"), so tokenising each distinct word once gives exactly the
-    tokens of `word_tokenize(whole_text)` (checked against datatrove in the tests) while skipping
-    the sentencizer and the per-document spaCy Doc, which are >90% of its cost.
-    A new word on which none of spaCy's special cases, prefix, suffix or infix patterns match is
-    one token (spaCy splits only where one of them matches); only the others go through spaCy.
-    """
-
-    _MAX_CACHE = 300_000  # words; ~60 MB per worker process
-
-    def __init__(self, language: str):
-        self.tokenizer = load_word_tokenizer(language)
-        self.per_word = isinstance(self.tokenizer, SpaCyTokenizer) and language not in _CONTEXT_TOKENIZED
-        self.cache: dict[str, tuple[str, ...]] = {}
-        if self.per_word:
-            spacy_tokenizer = self.tokenizer.tokenizer.tokenizer  # nlp.tokenizer of datatrove's blank pipeline
-            self._specials = set(spacy_tokenizer.rules or {})
-            self._affix_checks = [
-                f for f in (spacy_tokenizer.prefix_search, spacy_tokenizer.suffix_search) if f is not None
-            ]
-            self._infix_finditer = spacy_tokenizer.infix_finditer
-
-    def _maybe_split(self, word: str) -> bool:
-        if word in self._specials or any(f(word) is not None for f in self._affix_checks):
-            return True
-        return self._infix_finditer is not None and next(self._infix_finditer(word), None) is not None
-
-    def learn(self, texts: list[str]) -> None:
-        """Tokenise, in one spaCy batch, every word of `texts` not seen yet."""
-        if not self.per_word:
-            return
-        cache = self.cache
-        new = {w for t in texts for w in t.split(" ") if w not in cache}
-        if len(cache) + len(new) > self._MAX_CACHE:
-            cache.clear()
-            new = {w for t in texts for w in t.split(" ")}
-        new.discard("")
-        hard = sorted(w for w in new if self._maybe_split(w))
-        cache.update((w, (w,)) for w in new)
-        if hard:
-            nlp = self.tokenizer.tokenizer  # the blank spaCy pipeline datatrove builds
-            with nlp.memory_zone():  # datatrove's guard against spaCy's string-store growth
-                for word, doc in zip(hard, nlp.tokenizer.pipe(hard)):
-                    cache[word] = tuple(strip_strings([tok.text for tok in doc]))
-
-    def __call__(self, text: str) -> list[str]:
-        if not self.per_word:
-            return self.tokenizer.word_tokenize(text)
-        if not text:
-            return []
-        cache = self.cache
-        words = text.split(" ")
-        try:
-            return [tok for word in words for tok in cache[word]]
-        except KeyError:  # a word not learned (cache was cleared): tokenise it on its own
-            for word in words:
-                if word not in cache:
-                    cache[word] = tuple(strip_strings(self.tokenizer.word_tokenize(word)))
-            return [tok for word in words for tok in cache[word]]
-
-
-_TOKENIZERS: dict[str, _WordTokenizer] = {}
-
-
-def _tokenizer(language: str) -> _WordTokenizer:
-    if language not in _TOKENIZERS:
-        _TOKENIZERS[language] = _WordTokenizer(language)
-    return _TOKENIZERS[language]
-
-
 def _shingles(tokens: list[str], n: int) -> np.ndarray:
     """xxhash64 of each " "-joined word n-gram (as datatrove's `get_shingles`); fewer than n tokens
     -> one shingle for the whole token sequence.
@@ -285,6 +206,27 @@ def _bucket_digests(minhashes: np.ndarray, buckets: int, hashes_per_bucket: int)
         (_xxhash64(raw[i : i + width]) for i in range(0, len(raw), width)), dtype=np.uint64, count=n * buckets
     )
     return digests.reshape(n, buckets)
+
+
+class SignatureSettings(BaseModel):
+    """What a shard's signatures depend on: `DedupConfig` without the plan's settings (`exact`,
+    `minhash`, `against`), so changing those re-runs the plan but no shard's signatures."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ngram: int
+    buckets: int
+    hashes_per_bucket: int
+    seed: int
+
+    @classmethod
+    def of(cls, cfg: DedupConfig) -> SignatureSettings:
+        return cls(ngram=cfg.ngram, buckets=cfg.buckets, hashes_per_bucket=cfg.hashes_per_bucket, seed=cfg.seed)
+
+    def signatures(self, docs: list[Doc]) -> dict:
+        return minhash_signature_shard(
+            docs, ngram=self.ngram, buckets=self.buckets, hashes_per_bucket=self.hashes_per_bucket, seed=self.seed
+        )
 
 
 def minhash_signature_shard(
@@ -606,18 +548,12 @@ class DedupIndex:
     _FILES = {"index.npz", "meta.json"}
 
     def save(self, folder: str | Path) -> Path:
-        """Write to a temp folder beside `folder`, then rename it into place. Replacing an existing
-        index is rename(old -> backup), rename(temp -> folder), delete backup: readers see the old
-        or the new index complete, never a partial one (only a missing folder for an instant)."""
+        """Write to a temp folder beside `folder`, then rename it into place (`atomic_folder`):
+        readers see the old or the new index complete, never a partial one."""
         folder = Path(folder)
         if folder.exists() and not (folder.is_dir() and {p.name for p in folder.iterdir()} <= self._FILES):
             raise ValueError(f"{folder} exists and is not a DedupIndex folder; refusing to replace it")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = folder.with_name(f".{folder.name}.tmp-{tag}")
-        old = folder.with_name(f".{folder.name}.old-{tag}")
-        tmp.mkdir()
-        try:
+        with atomic_folder(folder) as tmp:
             id_blob, id_lengths = _pack_strings(self.ids)
             with open(tmp / "index.npz", "wb") as f:
                 np.savez(
@@ -628,8 +564,6 @@ class DedupIndex:
                     exact=self.exact,
                     buckets=self.buckets,
                 )
-                f.flush()
-                os.fsync(f.fileno())
             meta = {
                 "format": _INDEX_FORMAT,
                 "name": self.name,
@@ -638,21 +572,6 @@ class DedupIndex:
                 "docs": len(self),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            fsync_path(tmp / "meta.json")
-            fsync_path(tmp)
-            if folder.exists():
-                os.rename(folder, old)
-                try:
-                    os.rename(tmp, folder)
-                except BaseException:
-                    os.rename(old, folder)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, folder)
-            fsync_path(folder.parent)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     @classmethod

@@ -1,12 +1,13 @@
-"""The record every curation step reads and writes, and its Parquet form.
+"""The record every curation step reads and writes, the one signature of a step, and the Parquet form.
 
-A step takes a list of `Doc` and returns the kept ones plus one `Drop` per removed document, so
-nothing leaves the funnel without a reason (datatrove's exclusion-writer idea, kept in memory per
-shard because a shard is small).
+A step (`Step`) is built from its typed config and takes a list of `Doc`; it returns the kept ones
+plus one `Drop` per removed document, so nothing leaves the funnel without a reason (datatrove's
+exclusion-writer idea, kept in memory per shard because a shard is small).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -44,9 +45,27 @@ class StepResult:
 
     kept: list[Doc] = field(default_factory=list)
     dropped: list[Drop] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)  # step-specific counts, e.g. PII's docs_masked
 
     def drop(self, doc: Doc, step: str, reason: str, detail: str = "") -> None:
         self.dropped.append(Drop(doc.id, doc.source, step, reason, len(doc.text), detail))
+
+
+class Step(ABC):
+    """One per-document curation step, as datatrove's pipeline steps: built from its typed config,
+    documents in, kept documents and drop records out (`run`).
+
+    `name` is the step's name in drop records and the funnel (`quality`), and each drop's reason is
+    a stable string (`gopher_quality/gopher_short_doc`). A step is a small picklable object (its
+    config and plain values), so the flow sends the step itself to a worker process; anything it
+    builds for speed (filters, tokenizers) is built lazily in the process that runs it.
+    """
+
+    name: str
+
+    @abstractmethod
+    def run(self, docs: list[Doc]) -> StepResult:
+        """Keep or drop each document (a step may change a kept document's text)."""
 
 
 DOC_SCHEMA = pa.schema(

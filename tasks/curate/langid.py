@@ -7,9 +7,12 @@ newlines as spaces), so truncation is turned off here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar
 
-from smolforge.tasks.curate.documents import Doc, StepResult
+from smolforge.tasks.curate.config import LanguageConfig
+from smolforge.tasks.curate.documents import Doc, Step, StepResult
 
 STEP = "language"
 
@@ -43,3 +46,16 @@ def identify_languages(docs: list[Doc], *, keep: list[str], threshold: float, de
         else:
             result.kept.append(doc)
     return result
+
+
+@dataclass
+class LanguageStep(Step):
+    """`identify_languages` with the configured languages and threshold; `declared` is the source's
+    language, if the config names one."""
+
+    cfg: LanguageConfig
+    declared: str | None = None
+    name: ClassVar[str] = STEP
+
+    def run(self, docs: list[Doc]) -> StepResult:
+        return identify_languages(docs, keep=self.cfg.keep, threshold=self.cfg.threshold, declared=self.declared)

@@ -7,9 +7,14 @@ Private and reserved IP ranges are left alone, as in FineWeb: they identify nobo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar
 
-from smolforge.tasks.curate.documents import Doc, StepResult
+from smolforge.tasks.curate.config import PIIConfig
+from smolforge.tasks.curate.documents import Doc, Step, StepResult
+
+STEP = "pii"
 
 
 @lru_cache(maxsize=8)
@@ -39,3 +44,19 @@ def mask_pii(
             doc.text = masked
         result.kept.append(doc)
     return result, changed
+
+
+@dataclass
+class PIIStep(Step):
+    """`mask_pii` with the configured replacements; counts the changed documents as `docs_masked`."""
+
+    cfg: PIIConfig
+    name: ClassVar[str] = STEP
+
+    def run(self, docs: list[Doc]) -> StepResult:
+        cfg = self.cfg
+        result, changed = mask_pii(
+            docs, emails=cfg.emails, ips=cfg.ips, email_replacement=cfg.email_replacement, ip_replacement=cfg.ip_replacement
+        )
+        result.counters["docs_masked"] = changed
+        return result

@@ -2,9 +2,10 @@
 
 Per-document steps run once per shard (a few files' worth of documents), so the task runner can fan
 them out (threads feeding a process pool here, Dask workers on a cluster); the steps that need the
-whole corpus (dedup clustering, tokenizer training, the final report) run once. Each task reads its
-input artifacts' files, calls the plain step function, and writes `docs.parquet` (kept documents)
-and `drops.parquet` (removed documents with their reason) into its own artifact folder.
+whole corpus (dedup clustering, tokenizer training, the final report) run once. A per-document task
+builds its step from the typed config (`QualityStep(cfg)`, ...) and sends the step object to the
+pool with its shard (`work.run_step`), which writes `docs.parquet` (kept documents) and
+`drops.parquet` (removed documents with their reason) into the task's artifact folder.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from smolforge.artifacts import ArtifactRef, stable_hash
 from smolforge.parallel import run_cpu
 from smolforge.runtime import Runtime
 from smolforge.steps import artifact_step
-from smolforge.tasks.curate import dedup, extract, langid, pack, pii, quality, stats, tokenizer
+from smolforge.tasks.curate import dedup, pack, stats, tokenizer, work
 from smolforge.tasks.curate.config import (
     DedupConfig,
     ExtractConfig,
@@ -31,55 +32,16 @@ from smolforge.tasks.curate.config import (
     SourceConfig,
     TokenizerConfig,
 )
-from smolforge.tasks.curate.documents import (
-    StepResult,
-    read_docs,
-    read_drops,
-    write_docs,
-    write_drops,
-)
+from smolforge.tasks.curate.documents import read_docs, read_drops, write_drops
+from smolforge.tasks.curate.langid import LanguageStep
+from smolforge.tasks.curate.pii import PIIStep
+from smolforge.tasks.curate.quality import QualityStep
 from smolforge.tasks.curate.sample_corpus import build_sample_corpus
 from smolforge.tasks.curate.sources import InputFile, discover  # noqa: F401 - the flow discovers inputs through this module
 
-DOCS, DROPS = "docs.parquet", "drops.parquet"
+DOCS, DROPS = work.DOCS, work.DROPS
 
 
-def _write_result(out: Path, result: StepResult) -> None:
-    write_docs(result.kept, out / DOCS)
-    write_drops(result.dropped, out / DROPS)
-
-
-# --- work functions: module level, so the process pool can pickle them ---------------------------
-
-
-def _extract_work(files: list[tuple[str, str]], kind: str, source: str, opts: dict, out: str) -> dict:
-    result = extract.extract_files(files, kind, source, **opts)
-    _write_result(Path(out), result)
-    chars_in = sum(len(d.text) for d in result.kept) + sum(d.chars for d in result.dropped)
-    return stats.shard_metrics(len(result.kept) + len(result.dropped), chars_in, result, files=len(files))
-
-
-def _doc_step_work(step: str, shard: str, opts: dict, out: str) -> dict:
-    docs = read_docs(Path(shard) / DOCS)
-    docs_in, chars_in = len(docs), stats.doc_chars(docs)
-    extra: dict[str, Any] = {}
-    if step == "language":
-        result = langid.identify_languages(docs, **opts)
-    elif step == "quality":
-        result = quality.filter_quality(docs, **opts)
-    elif step == "pii":
-        result, extra["docs_masked"] = pii.mask_pii(docs, **opts)
-    else:
-        raise ValueError(f"unknown document step {step!r}")
-    _write_result(Path(out), result)
-    return stats.shard_metrics(docs_in, chars_in, result, **extra)
-
-
-def _minhash_work(shard: str, opts: dict, out: str) -> dict:
-    docs = read_docs(Path(shard) / DOCS)
-    signatures = dedup.minhash_signature_shard(docs, **opts)
-    dedup.save_signatures(signatures, Path(out) / "signatures.npz")
-    return {"docs": len(docs)}
 
 
 # --- the tasks ------------------------------------------------------------------------------------
@@ -87,42 +49,35 @@ def _minhash_work(shard: str, opts: dict, out: str) -> dict:
 _CODE = Path(__file__).parent
 
 
-@artifact_step("extracted", code=(_CODE / "extract.py", _CODE / "documents.py"))
+@artifact_step("extracted", code=(_CODE / "extract.py", _CODE / "documents.py", _CODE / "work.py"))
 def extract_shard(out: Path, source: SourceConfig, files: list[InputFile], cfg: ExtractConfig, runtime: Runtime) -> dict:
     """Main text out of HTML, PDF, WARC, text and JSONL files; unreadable files are dropped with a reason."""
     pairs = [(str(Path(f.root) / f.rel), f.rel) for f in files]
-    opts = {"max_chars": cfg.max_chars, "min_chars": cfg.min_chars, "text_field": cfg.text_field, "ocr": cfg.ocr}
-    return run_cpu(runtime.workers, _extract_work, pairs, source.kind, source.name, opts, str(out))
+    return run_cpu(runtime.workers, work.extract_files, pairs, source, cfg, str(out))
 
 
-@artifact_step("language", code=(_CODE / "langid.py",))
+@artifact_step("language", code=(_CODE / "langid.py", _CODE / "work.py"))
 def language_shard(out: Path, shard: ArtifactRef, cfg: LanguageConfig, declared: str | None, runtime: Runtime) -> dict:
     """fastText lid.176: keep the configured languages above the score threshold."""
-    opts = {"keep": cfg.keep, "threshold": cfg.threshold, "declared": declared}
-    return run_cpu(runtime.workers, _doc_step_work, "language", shard.uri, opts, str(out))
+    return run_cpu(runtime.workers, work.run_step, LanguageStep(cfg, declared), shard.uri, str(out))
 
 
-@artifact_step("quality", code=(_CODE / "quality.py",))
+@artifact_step("quality", code=(_CODE / "quality.py", _CODE / "words.py", _CODE / "work.py"))
 def quality_shard(out: Path, shard: ArtifactRef, cfg: QualityConfig, runtime: Runtime) -> dict:
-    """Gopher repetition and quality, C4 and FineWeb rules (datatrove's implementations)."""
-    opts = {"rules": cfg.model_dump()}
-    return run_cpu(runtime.workers, _doc_step_work, "quality", shard.uri, opts, str(out))
+    """Gopher repetition and quality, C4 and FineWeb rules (datatrove's, on data computed once per document)."""
+    return run_cpu(runtime.workers, work.run_step, QualityStep(cfg), shard.uri, str(out))
 
 
-@artifact_step("pii", code=(_CODE / "pii.py",))
+@artifact_step("pii", code=(_CODE / "pii.py", _CODE / "work.py"))
 def pii_shard(out: Path, shard: ArtifactRef, cfg: PIIConfig, runtime: Runtime) -> dict:
     """Mask e-mail and public IP addresses."""
-    return run_cpu(runtime.workers, _doc_step_work, "pii", shard.uri, cfg.model_dump(), str(out))
+    return run_cpu(runtime.workers, work.run_step, PIIStep(cfg), shard.uri, str(out))
 
 
-def minhash_options(cfg: DedupConfig) -> dict[str, int]:
-    return {"ngram": cfg.ngram, "buckets": cfg.buckets, "hashes_per_bucket": cfg.hashes_per_bucket, "seed": cfg.seed}
-
-
-@artifact_step("minhash", code=(_CODE / "dedup.py",))
-def minhash_shard(out: Path, shard: ArtifactRef, options: dict[str, int], runtime: Runtime) -> dict:
+@artifact_step("minhash", code=(_CODE / "dedup.py", _CODE / "words.py", _CODE / "work.py"))
+def minhash_shard(out: Path, shard: ArtifactRef, settings: dedup.SignatureSettings, runtime: Runtime) -> dict:
     """Exact-text keys and MinHash bucket signatures of one shard."""
-    return run_cpu(runtime.workers, _minhash_work, shard.uri, options, str(out))
+    return run_cpu(runtime.workers, work.minhash_signatures, settings, shard.uri, str(out))
 
 
 @artifact_step("dedup_plan", code=(_CODE / "dedup.py",))
@@ -152,7 +107,7 @@ def dedup_shard(out: Path, shard: ArtifactRef, plan: ArtifactRef, runtime: Runti
     docs = read_docs(shard.path / DOCS)
     found = {k: tuple(v) for k, v in json.loads((plan.path / "duplicates.json").read_text()).items()}
     result = dedup.apply_duplicates(docs, found)
-    _write_result(out, result)
+    work.write_result(out, result)
     return stats.shard_metrics(len(docs), stats.doc_chars(docs), result)
 
 

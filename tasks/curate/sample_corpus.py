@@ -35,17 +35,17 @@ import json
 import logging
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from smolforge.artifacts import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +126,10 @@ def build_sample_corpus(dest: Path, scale: int = 1) -> dict[str, Any]:
 
     started = time.perf_counter()
     sources = _Sources.locate()  # fail on a missing package before writing anything
-    # The thread id too, as a Prefect thread runner may build the same corpus twice in one process.
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left over by a crashed run that had our ids
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(dest, replace=lambda found: _replaceable(found, dest, scale)) as tmp:
         summary = _build(tmp, sources, scale)
         (tmp / MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        result = _move_into_place(tmp, dest, scale)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    result = json.loads((dest / MARKER).read_text(encoding="utf-8"))
     log.info("sample corpus (scale %d) built in %.1fs at %s", scale, time.perf_counter() - started, dest)
     return result
 
@@ -151,30 +145,16 @@ def _read_marker(dest: Path) -> dict[str, Any] | None:
         return None
 
 
-def _move_into_place(tmp: Path, dest: Path, scale: int) -> dict[str, Any]:
-    """Rename the finished build to `dest`, replacing only an empty folder or an outdated corpus."""
-    current = _read_marker(dest)
-    if current is not None and _matches(current, scale):
-        return current  # another process finished the same build first: its copy is as good
-    old = None
-    if current is not None:  # a complete corpus of another scale or version: ours to replace
-        old = dest.with_name(f"{dest.name}.old-{os.getpid()}-{threading.get_ident()}")
-        os.rename(dest, old)
-    elif dest.is_dir() and not any(dest.iterdir()):
-        dest.rmdir()
-    elif dest.exists():
-        raise SampleCorpusError(f"{dest} appeared during the build and is not a sample corpus; not replacing it")
-    try:
-        os.rename(tmp, dest)
-    except OSError:
-        theirs = _read_marker(dest)  # lost a race with another process between the check and here
-        if theirs is None or not _matches(theirs, scale):
-            raise
-        return theirs
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return json.loads((dest / MARKER).read_text(encoding="utf-8"))
+def _replaceable(found: Path, dest: Path, scale: int) -> bool:
+    """What to do with a folder at `dest` when the build is done: replace an empty folder or an
+    outdated corpus; keep a matching corpus another process finished meanwhile (its copy is as
+    good); refuse anything else."""
+    current = _read_marker(found)
+    if current is not None:
+        return not _matches(current, scale)
+    if found.is_dir() and not any(found.iterdir()):
+        return True
+    raise SampleCorpusError(f"{dest} appeared during the build and is not a sample corpus; not replacing it")
 
 
 def _build(root: Path, sources: _Sources, scale: int) -> dict[str, Any]:

@@ -70,7 +70,10 @@ class DistillConfig(Strict):
     batch_size: int = Field(8, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_epochs: float = Field(4.0, gt=0, description="Most times any source may be read; planning refuses more.")
-    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=3e-3))
+    optimizer: OptimizerConfig = Field(
+        default_factory=lambda: OptimizerConfig(lr=3e-3),
+        description="The student's optimizer (AdamW or Muon) and its peak learning rate (3e-3 by default: a small student).",
+    )
     schedule: ScheduleConfig = Field(
         default_factory=lambda: ScheduleConfig(warmup_steps=10, decay_fraction=0.2),
         description="Warmup-stable-decay learning rate over the distillation steps.",

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from smolforge.errors import ConfigError
+from smolforge.models.architecture import build_model_config, count_parameters, tokenizer_ids
 from smolforge.models.config import ModelConfig
 from smolforge.models.masking import packed_attention_inputs
+from smolforge.tasks.curate.tokenizer import load_tokenizer
 from smolforge.tasks.train.data import StagePlan, step_batches
 
 # Strings whose encodings two tokenizers must agree on, beyond equal vocabularies: equal tables with
@@ -96,8 +98,6 @@ def check_teacher(folder: Path, tokenizer: Any, tokenizer_name: str, student: Mo
     """
     from transformers import AutoConfig
 
-    from smolforge.models.architecture import build_model_config, count_parameters, tokenizer_ids
-    from smolforge.tasks.curate.tokenizer import load_tokenizer
 
     require_same_tokenizer(load_tokenizer(str(folder)), tokenizer, str(folder), tokenizer_name)
     teacher_config = AutoConfig.from_pretrained(folder)

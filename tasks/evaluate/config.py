@@ -82,9 +82,16 @@ class EvaluateConfig(Strict):
         min_length=1,
         description="Evaluation tasks to run on every model, by registry name (see smolforge.tasks.evaluate.registry).",
     )
-    perplexity: PerplexitySettings = Field(default_factory=PerplexitySettings)
-    chat: ChatSettings = Field(default_factory=ChatSettings)
-    lm_eval: LmEvalSettings = Field(default_factory=LmEvalSettings)
+    perplexity: PerplexitySettings = Field(
+        default_factory=PerplexitySettings, description="Perplexity and bits per byte per source on the held-out split."
+    )
+    chat: ChatSettings = Field(
+        default_factory=ChatSettings,
+        description="Held-out chat records: assistant-token loss; generated answers scored by BLEU, chrF, ROUGE-L, exact match.",
+    )
+    lm_eval: LmEvalSettings = Field(
+        default_factory=LmEvalSettings, description="lm-evaluation-harness: the generated cloze and rolling tasks, plus the user's."
+    )
     tag_metrics: list[str] = Field(
         default_factory=lambda: ["bits_per_byte", "chat_loss", "chrf", "cloze_acc"],
         description="Metrics (names in the comparison table) also set as tags on each registered model version.",

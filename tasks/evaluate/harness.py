@@ -2,12 +2,17 @@
 
 lm-eval ships no task data, and its standard tasks download theirs from the hub; an offline run
 needs local task YAMLs with `dataset_path: json`. Two are written per evaluation, pointing at the
-evaluation data's files: `smolforge_cloze` (multiple choice, accuracy) and `smolforge_rolling`
+evaluation data's files: `smolforge_cloze` (multiple choice) and `smolforge_rolling`
 (`loglikelihood_rolling`: word and byte perplexity, bits per byte). Users add folders of their own
 YAMLs (`evaluate.lm_eval.include_path`) and name their tasks, or standard tasks when they have the
 hub (indexing lm-eval's built-in tasks costs ~9 s, so it happens only when a named task is not
 found in the included folders). A metric lm-eval lacks belongs in a task's `process_results`
 (`!function` in the YAML): its fallback, `evaluate.load`, needs the hub for the metric's script.
+
+The cloze's headline accuracy (`cloze_acc`) is lm-eval's `acc_mutual_info`: each choice scored by
+log P(choice | context) - log P(choice), so a choice made of common words does not win on its own
+likelihood (the "surface form competition" of Holtzman et al. 2021); a model that ignores the
+context sits at chance, and one that reads it rises above. Raw `acc` and `acc_norm` are logged too.
 
 YAMLs are parsed before any model is loaded: one that does not parse is named with its line.
 """
@@ -64,7 +69,7 @@ def write_task_yamls(folder: Path, evalset: Path) -> list[str]:
         "task": CLOZE, **common, "dataset_kwargs": {"data_files": {"test": str(evalset / "lm_eval" / "cloze.jsonl")}},
         "output_type": "multiple_choice", "doc_to_text": "context", "doc_to_choice": "choices", "doc_to_target": "gold",
         "target_delimiter": " ",
-        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")],
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm", "acc_mutual_info")],
     }
     rolling = {
         "task": ROLLING, **common, "dataset_kwargs": {"data_files": {"test": str(evalset / "lm_eval" / "rolling.jsonl")}},
@@ -121,8 +126,8 @@ def lm_eval(subject: Subject, evalset: Path, config: EvaluateConfig) -> TaskOutp
             rows.append({"task": task, "metric": metric, "value": number, "stderr": _number(values.get(f"{metric}_stderr,{key.split(',', 1)[-1]}"))})
             metrics[f"{task}.{metric}"] = number
     cloze = results.get(CLOZE, {})
-    if "acc,none" in cloze:
-        metrics["cloze_acc"] = float(cloze["acc,none"])
+    if "acc_mutual_info,none" in cloze:
+        metrics["cloze_acc"] = float(cloze["acc_mutual_info,none"])
         items = sum(1 for line in (evalset / "lm_eval" / "cloze.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
         metrics["cloze_items"] = float(min(items, settings.limit or items))
     return TaskOutput(metrics=metrics, table=rows, samples=[])

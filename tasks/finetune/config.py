@@ -75,8 +75,12 @@ class FinetuneConfig(Strict):
     data_dir: str | None = Field(
         None, description="Root for relative data paths (default: the curate data_dir, i.e. the sample corpus)."
     )
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    qlora: QuantSettings = Field(default_factory=QuantSettings)
+    lora: LoraSettings = Field(
+        default_factory=LoraSettings, description="The adapters (rank, scale, dropout, target modules); lora and qlora."
+    )
+    qlora: QuantSettings = Field(
+        default_factory=QuantSettings, description="How the frozen base is stored in 4 bits; qlora only."
+    )
     lr: float = Field(2e-4, gt=0, le=1, description="Peak AdamW learning rate (LoRA wants ~1e-4..1e-3, full ~1e-5..1e-4).")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled AdamW weight decay.")
     warmup_steps: int = Field(5, ge=0, description="Linear warm-up steps before the cosine decay to zero.")

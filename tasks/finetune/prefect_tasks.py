@@ -10,14 +10,22 @@ adapter) reuses it.
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef
+from smolforge.model_source import model_folder
 from smolforge.runtime import Runtime
 from smolforge.steps import artifact_step
+from smolforge.tasks.curate.tokenizer import load_tokenizer
+from smolforge.tasks.finetune.adapters import check_bitsandbytes
 from smolforge.tasks.finetune.config import FinetuneConfig, QuantSettings
+from smolforge.tasks.finetune.data import load_data
+from smolforge.tasks.finetune.quantize import quantize_base
+from smolforge.tasks.finetune.train import finetune_model
 
 _HERE = Path(__file__).parent
 
@@ -31,8 +39,6 @@ class BufferedMetrics:
         self.pending: list[Any] = []
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -54,12 +60,7 @@ def quantize_stage(out: Path, base: ArtifactRef, settings: QuantSettings, runtim
 
     Its own step, so that the one-time cost of quantising (reading the whole full-precision
     checkpoint) is paid once per base and settings, not in every fine-tuning run."""
-    import time
-
     import mlflow
-
-    from smolforge.tasks.finetune.adapters import check_bitsandbytes
-    from smolforge.tasks.finetune.quantize import quantize_base
 
     check_bitsandbytes()
     with tracking.run("quantize", runtime.experiment, runtime.parent_run_id, tags={"smolforge.base_key": base.key}) as active:
@@ -86,14 +87,7 @@ def finetune_stage(
 
     Writes `adapter/` (lora, qlora) and `model/` (merged or fully trained, with the tokenizer),
     `samples.json` and `data.json` (records read, kept, held out, dropped by reason)."""
-    import json
-
     import mlflow
-
-    from smolforge.model_source import model_folder
-    from smolforge.tasks.curate.tokenizer import load_tokenizer
-    from smolforge.tasks.finetune.data import load_data
-    from smolforge.tasks.finetune.train import finetune_model
 
     tokenizer = load_tokenizer(str(model_folder(base.path)))
     loaded = load_data(

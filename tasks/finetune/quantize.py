@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from smolforge.model_source import model_folder
+from smolforge.tasks.curate.tokenizer import load_tokenizer
 from smolforge.tasks.finetune.config import QuantSettings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -69,7 +70,6 @@ def quantize_base(folder: Path, settings: QuantSettings, out: Path) -> dict[str,
     into `out`. Returns how many linear layers were quantised and the file sizes in MiB."""
     from bitsandbytes.nn import Linear4bit
 
-    from smolforge.tasks.curate.tokenizer import load_tokenizer
 
     source = model_folder(folder)
     model = load_quantising(source, settings, torch.device("cpu"))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from smolforge.device import pick_device
 from smolforge.model_source import model_folder
+from smolforge.tasks.curate.tokenizer import load_tokenizer
 from smolforge.tasks.finetune import adapters
 from smolforge.tasks.finetune.config import FinetuneConfig
 from smolforge.tasks.finetune.data import (
@@ -167,7 +168,6 @@ def finetune_model(
     out, base_folder = Path(out), Path(base_folder)
     log = log or (lambda metrics, step: None)
     adapters.check_against_model(config, base_folder)
-    from smolforge.tasks.curate.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_folder(base_folder)))
     if not isinstance(data, InstructData):

@@ -10,13 +10,49 @@ registered from the very same artifact is reused, so a cached re-run adds none.
 
 from __future__ import annotations
 
-import warnings
+import contextlib
+import logging
+from collections.abc import Iterator
 
 from prefect import task
 
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef
 from smolforge.tasks.curate.tokenizer import load_tokenizer
+
+
+class _DropMessages(logging.Filter):
+    """Drops a library's log records that contain one of `fragments`."""
+
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+# MLflow's transformers flavor imports peft, and peft imports bitsandbytes, whatever the model. On a
+# CPU with AVX512-BF16, bitsandbytes then tries to fetch a faster 4-bit kernel from the Hugging Face
+# hub, fails (offline, or without the `kernels` package) and logs a warning, though its own CPU
+# kernels (the ones QLoRA's tests check) run instead: noise in every run, 4-bit or not. It logs
+# once, when first imported, so the filter is in place from this module's import, which every flow
+# that registers a model, or fine-tunes one, does first.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessages("from kernels-community"))
+
+
+@contextlib.contextmanager
+def _no_hub_card_warnings() -> Iterator[None]:
+    """A model trained here has no hub card or license to look up; MLflow logs a warning about
+    each (log records, not Python warnings) while logging it."""
+    logger, quiet = logging.getLogger("mlflow.transformers"), _DropMessages(
+        "model card could not be retrieved", "Unable to find license information"
+    )
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def pip_requirements() -> list[str]:
@@ -48,9 +84,7 @@ def register_model(final: ArtifactRef, name: str, lineage: dict[str, str], run_i
         run_id = run_id or final.manifest()["metrics"]["mlflow_run_id"]
         model = AutoModelForCausalLM.from_pretrained(final.path / "model")
         tokenizer = load_tokenizer(str(final.path / "model"))
-        with tracking.resume(run_id), warnings.catch_warnings():
-            # A local model has no hub card or license to look up; MLflow warns about each.
-            warnings.filterwarnings("ignore", message=".*(model card|license).*")
+        with tracking.resume(run_id), _no_hub_card_warnings():
             info = mlflow.transformers.log_model(
                 transformers_model={"model": model, "tokenizer": tokenizer},
                 name="model",

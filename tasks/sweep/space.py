@@ -1,5 +1,5 @@
-"""The search space of a sweep: a small text grammar, its typed form, and the checks against the
-pipeline config that refuse a bad space before any trial runs.
+"""The search space of a sweep: a small text grammar and its typed form. Whether a path names a
+setting of the pipeline config is `smolforge.settings.field_path_problem`, shared with `--set`.
 
 One line per setting, keyed by the setting's dotted path in the pipeline config:
 
@@ -15,15 +15,12 @@ validated in processes that never train.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
-import types
-import typing
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from smolforge.strict import Strict
 
@@ -34,7 +31,7 @@ GRAMMAR = (
 
 
 class IntRange(Strict):
-    kind: Literal["int"] = "int"
+    kind: Literal["int"] = Field("int", description="An integer range (the first word of 'int LOW..HIGH').")
     low: int = Field(description="Smallest value (inclusive).")
     high: int = Field(description="Largest value (inclusive).")
     log: bool = Field(False, description="Sample log-uniformly (low must be > 0).")
@@ -53,7 +50,7 @@ class IntRange(Strict):
 
 
 class FloatRange(Strict):
-    kind: Literal["float"] = "float"
+    kind: Literal["float"] = Field("float", description="A real range (the first word of 'float LOW..HIGH').")
     low: float = Field(description="Smallest value (inclusive).")
     high: float = Field(description="Largest value (inclusive).")
     log: bool = Field(False, description="Sample log-uniformly (low must be > 0).")
@@ -75,7 +72,7 @@ Scalar = Union[bool, int, float, str, None]
 
 
 class Choice(Strict):
-    kind: Literal["choice"] = "choice"
+    kind: Literal["choice"] = Field("choice", description="A set of values (the first word of 'choice V1 V2 ...').")
     values: list[Scalar] = Field(min_length=2, description="The candidate values (at least two, all different).")
 
     @model_validator(mode="after")
@@ -159,49 +156,3 @@ def render(value: Any) -> str:
     own writer: it gives floats like 1e-05 the `1.0e-05` form its reader needs to see a float)."""
     text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
     return text.removesuffix("\n...\n").strip()
-
-
-# --- checks against the pipeline config --------------------------------------------------------------
-
-
-def _models_in(annotation: Any) -> list[Any]:
-    """The types a field may hold, with Optional/Union/Annotated unwrapped."""
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _models_in(typing.get_args(annotation)[0])
-    if origin is Union or origin is types.UnionType:
-        return [t for arg in typing.get_args(annotation) for t in _models_in(arg) if t is not type(None)]
-    return [annotation]
-
-
-def field_path_problem(model: type[BaseModel], keys: list[str], *, whole_sections: bool = False) -> str | None:
-    """Why `keys` names no setting of `model` (walking nested models, lists and mappings), or None.
-    A section (a nested model) counts as a setting only with `whole_sections`."""
-    candidates: list[Any] = [model]
-    for i, key in enumerate(keys):
-        where = ".".join(keys[:i]) or "the config"
-        nxt: list[Any] = []
-        names: set[str] = set()
-        for cand in candidates:
-            origin = typing.get_origin(cand)
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                names |= set(cand.model_fields)
-                if key in cand.model_fields:
-                    nxt += _models_in(cand.model_fields[key].annotation)
-            elif origin in (list, tuple) and key.isdigit():
-                args = [a for a in typing.get_args(cand) if a is not Ellipsis]
-                nxt += [t for a in args for t in _models_in(a)]
-            elif origin is dict:
-                nxt += _models_in(typing.get_args(cand)[1])
-        if not nxt:
-            if names:
-                close = difflib.get_close_matches(key, sorted(names), n=1) or sorted(
-                    n for n in names if key.startswith(n) or n.startswith(key)
-                )
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                return f"{where} has no setting {key!r}{hint}; its settings: {', '.join(sorted(names))}"
-            return f"{where} is a single value, it has no setting {key!r}"
-        candidates = nxt
-    if not whole_sections and any(isinstance(c, type) and issubclass(c, BaseModel) for c in candidates):
-        return f"{'.'.join(keys)} is a section, not a setting; name one of its fields"
-    return None

@@ -14,7 +14,8 @@ Layout of `<root>/step-000123/`:
     GOOD                present once the checkpoint's loss was verified (`mark_good`); rollback
                         returns to the newest such checkpoint
 
-Atomicity: everything is written into a hidden temporary folder beside the final one, each file
+Atomicity (`smolforge.artifacts.atomic_folder`): everything is written into a hidden temporary
+folder beside the final one, each file
 and the folder are fsynced, then the folder is renamed into place (a rename within one file system
 is atomic) and the parent folder is fsynced so the rename itself survives a power cut. Readers only
 consider `step-<digits>` folders holding a state.json, so a crash at any point leaves either the
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from smolforge.artifacts import fsync_path
+from smolforge.artifacts import atomic_folder, fsync_path
 
 MODEL = "model.safetensors"
 EXTRA = "extra.safetensors"
@@ -52,7 +53,7 @@ STATE = "state.json"
 GOOD = "GOOD"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_HIDDEN_PREFIXES = (".tmp-", ".trash-")
+_HIDDEN_PREFIXES = (".tmp-", ".old-", ".trash-")
 
 
 @dataclass
@@ -266,9 +267,8 @@ def save(
     root.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(root)
     final = root / checkpoint_name(state.step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    # An existing checkpoint of this step is replaced whole; meanwhile `latest` sees it or the new one.
+    with atomic_folder(final) as tmp:
         meta = {"step": str(state.step), "stage": state.stage}
         # force_contiguous: a transposed view (e.g. some tied or reshaped weight) is stored as its values
         save_model(model, str(tmp / MODEL), metadata=meta, force_contiguous=True)
@@ -280,17 +280,6 @@ def save(
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
         torch.save(rng_state(), tmp / RNG)
         (tmp / STATE).write_text(json.dumps(state.to_dict(), indent=2) + "\n", encoding="utf-8")
-        for f in tmp.iterdir():
-            fsync_path(f)
-        fsync_path(tmp)
-        if final.exists():
-            # Briefly no checkpoint of this step is visible; `latest` then sees the previous one.
-            _remove(final)
-        os.rename(tmp, final)
-        fsync_path(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if keep is not None:
         prune(root, keep)
     return final

@@ -182,9 +182,16 @@ class PretrainConfig(Strict):
             "tokens are worth much less than fresh ones (Muennighoff et al. 2023); planning refuses more."
         ),
     )
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    stability: StabilityConfig = Field(default_factory=StabilityConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig, description="Warmup-stable-decay learning rate, one schedule over all stages."
+    )
+    stability: StabilityConfig = Field(
+        default_factory=StabilityConfig,
+        description="Gradient clipping and loss-spike rollbacks to the last good checkpoint.",
+    )
+    checkpoint: CheckpointConfig = Field(
+        default_factory=CheckpointConfig, description="How often checkpoints are saved (optimizer steps) and how many are kept."
+    )
     eval_every: int = Field(25, ge=1, description="Evaluate on the validation batches every this many optimizer steps.")
     eval_batches: int = Field(4, ge=1, description="Validation batches per source at each evaluation (the same ones every time).")
     log_every: int = Field(5, ge=1, description="Log training metrics every this many optimizer steps.")
@@ -225,9 +232,13 @@ class PretrainSection(PretrainConfig):
     """Three-stage pretraining (SmolLM3 style): the stages and their loop settings, plus the model,
     the multi-token-prediction heads, the optimizer and the registry name of the result."""
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    mtp: MTPConfig = Field(default_factory=MTPConfig)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The architecture: a preset shape plus overrides.")
+    mtp: MTPConfig = Field(
+        default_factory=MTPConfig, description="Multi-token-prediction heads (training only; not in the exported model)."
+    )
+    optimizer: OptimizerConfig = Field(
+        default_factory=OptimizerConfig, description="AdamW, or Muon for the 2-D hidden matrices, and the peak learning rate."
+    )
     register_as: str = Field("smolforge-base", min_length=1, description="Registered model name in MLflow.")
     sample_prompts: list[str] = Field(
         default_factory=lambda: ["The river", "Le roi", "def main"], description="Prompts whose continuations are logged."

@@ -223,7 +223,11 @@ def train_stage(run: StageRun, plan: StagePlan, state: ckpt.TrainState) -> ckpt.
     for group in optimizer.param_groups:  # the peak rate the schedule multiplies (kept in checkpoints)
         group.setdefault("initial_lr", group["lr"])
     model.train()
-    if ckpt.last_good(run.checkpoints) is None:
+    fresh = ckpt.last_good(run.checkpoints) is None
+    # Every rank looks before rank 0 can write: a rank that looked after it would skip the save's
+    # barrier and wait in the first all-reduce while rank 0 waits in the barrier, for ever.
+    barrier(run.world)
+    if fresh:
         _save(run, state)  # a stage always has somewhere to roll back to
     window_started, window_tokens = time.perf_counter(), 0
     try:

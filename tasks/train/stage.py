@@ -11,6 +11,7 @@ in-process on a laptop and as N processes on a GPU node.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -36,12 +37,14 @@ from smolforge.tasks.train.loop import StageRun, evaluate, train_stage
 from smolforge.tasks.train.schedule import StageRange
 from smolforge.tracking import flatten
 
+log = logging.getLogger(__name__)
+
 
 class StageSpec(BaseModel):
     """Everything one stage needs, as plain values that survive a trip through a JSON file."""
 
     out: Path
-    workdir: Path
+    workdir: Path  # an existing folder kept across attempts (checkpoints, torchrun's spec and result)
     corpus: Path  # the corpus artifact folder (holds corpus.json)
     previous: Path | None  # the previous stage's artifact folder, or None for the first stage
     stage_index: int
@@ -83,6 +86,19 @@ def _device(config: PretrainSection, world: World) -> torch.device:
     return device
 
 
+def _report_resume(stage: str, step: int, checkpoint: Path, run_id: str | None) -> None:
+    """Say that this stage continues an interrupted attempt, on the console (a warning: the attempt
+    before crashed or was killed) and as tags on the stage's MLflow run, so a resumed run is never
+    mistaken for an uninterrupted one."""
+    import mlflow
+
+    log.warning("stage %r resumes at step %d from checkpoint %s (an earlier attempt stopped there)", stage, step, checkpoint)
+    if run_id is not None:
+        client = mlflow.MlflowClient()
+        client.set_tag(run_id, "smolforge.resumed_at_step", str(step))
+        client.set_tag(run_id, "smolforge.resumed_from", str(checkpoint))
+
+
 def run_stage(
     spec: StageSpec, world: World = SINGLE, on_eval: Callable[[int, float], None] | None = None
 ) -> dict[str, Any]:
@@ -106,6 +122,8 @@ def run_stage(
     resume = ckpt.latest(checkpoints)
     if resume is not None:  # this stage was interrupted: continue it
         state = ckpt.load(resume, model, optimizer, mtp)
+        if world.is_main:
+            _report_resume(plan.name, state.step, resume, spec.run_id)
     elif spec.previous is not None:  # continue from the previous stage's final state
         state = ckpt.load(ckpt.latest(spec.previous / "state"), model, optimizer, mtp)
         state.stage, state.stage_step, state.data_step = plan.name, 0, 0

@@ -1,0 +1,106 @@
+"""What a user waits for at the command line: `smolforge --help`, and a pipeline re-run that would
+change nothing.
+
+    python bench/cli.py [--repeats 2] [--help-runs 7] [--set KEY=VALUE ...] [--quick]
+
+Start-up: `smolforge --help` against the bare interpreter (`python -c pass`), alternated, wall time
+of each process; the difference is what the CLI's imports cost.
+
+Re-run: `smolforge run pipeline --preset tiny` twice in a project folder that does not exist yet,
+the second time with nothing changed (it is answered from the first run's record, without Prefect:
+flows/replay.py). Wall time of each whole command, their ratio per repeat and the median ratio.
+Each repeat gets its own fresh folder, removed at the end. MLFLOW_TRACKING_URI, PREFECT_API_URL
+and SMOLFORGE_HOME are ignored: every run sets up its own project folder, as a new user's does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from quickmode import parse_args  # bench/, beside this script
+
+SMOLFORGE = Path(sys.executable).parent / "smolforge"  # the console script of this environment
+# The quick mode's pipeline: curation, then one short pretraining stage on two sources.
+QUICK_SETTINGS = [
+    "curate.sources=[{name: chat, kind: jsonl, path: 'jsonl/*.jsonl'}, {name: web, kind: html, path: 'html/**/*.html'}]",
+    "pretrain.stages=[{name: stable, steps: 20, seq_len: 64, mixture: {chat: 0.5, web: 0.5}}]",
+    "pretrain.eval_every=10",
+    "pretrain.checkpoint.every_steps=10",
+    "distill=null",
+    "finetune=null",
+    "merge=null",
+]
+
+
+def _env(home: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SMOLFORGE_"))}
+    if home is not None:
+        env["SMOLFORGE_HOME"] = str(home)
+    return env
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of one process; its output is shown only when it fails."""
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2, help="pairs of pipeline runs, each in a fresh folder")
+    parser.add_argument("--help-runs", type=int, default=7, help="timed runs of each start-up command")
+    parser.add_argument("--set", dest="settings", action="append", default=[], help="a setting for the pipeline runs")
+    args = parse_args(parser, repeats=1, help_runs=2, settings=QUICK_SETTINGS)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=150)
+    startup: dict[str, list[float]] = {"python -c pass": [], "smolforge --help": []}
+    commands = {"python -c pass": [sys.executable, "-c", "pass"], "smolforge --help": [str(SMOLFORGE), "--help"]}
+    timed(commands["smolforge --help"], _env())  # warm the file cache once, untimed
+    for _ in range(args.help_runs):  # alternated: A B A B ...
+        for name, command in commands.items():
+            startup[name].append(timed(command, _env()))
+    table = Table(title=f"Start-up (wall s, {args.help_runs} runs each, alternated)")
+    for column in ("command", "median s", "min s", "max s"):
+        table.add_column(column, justify="left" if column == "command" else "right")
+    for name, runs in startup.items():
+        table.add_row(name, f"{statistics.median(runs):.3f}", f"{min(runs):.3f}", f"{max(runs):.3f}")
+    console.print(table)
+
+    pipeline = [str(SMOLFORGE), "run", "pipeline", "--preset", "tiny", *(a for s in args.settings for a in ("--set", s))]
+    rows = []
+    for repeat in range(args.repeats):
+        home = Path(tempfile.mkdtemp(prefix="smolforge-bench-cli-")) / "new-project"
+        try:
+            console.print(f"repeat {repeat + 1}/{args.repeats}: first run in {home} ...")
+            first = timed(pipeline, _env(home))
+            second = timed(pipeline, _env(home))
+        finally:
+            shutil.rmtree(home.parent, ignore_errors=True)
+        rows.append((first, second))
+    table = Table(title="Re-run with nothing changed (wall s of the whole `smolforge run pipeline --preset tiny`)")
+    for column in ("repeat", "first s", "second s", "second/first"):
+        table.add_column(column, justify="right")
+    for i, (first, second) in enumerate(rows, 1):
+        table.add_row(str(i), f"{first:.1f}", f"{second:.1f}", f"{second / first:.1%}")
+    console.print(table)
+    ratios = [second / first for first, second in rows]
+    console.print(f"second/first: median {statistics.median(ratios):.1%} over {len(rows)} repeat(s)")
+
+
+if __name__ == "__main__":
+    main()
