@@ -36,6 +36,7 @@ QUICK_SETTINGS = [
     "pretrain=null",
     "distill=null",
     "finetune=null",
+    "merge=null",
 ]
 
 

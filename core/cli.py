@@ -223,12 +223,42 @@ def print_finetuning(tuned) -> None:
     _print_registered("chat model", tuned.registered)
 
 
+def print_evaluation(evaluated) -> None:
+    from smolforge.tasks.evaluate.report import COLUMNS
+
+    rows = evaluated.rows
+    present = [(m, h) for m, h in COLUMNS if any(m in r for r in rows)]
+    table = _stage_table("evaluation (held-out data)", ("model", "tokenizer", *(h for _, h in present)))
+    for r in rows:
+        cells = [f"{r[m]:.3f}" if m in r else "" for m, _ in present]
+        table.add_row(r["model"], r["tokenizer"], *cells)
+    console.print(table)
+    console.print(f"note        {evaluated.note}")
+    console.print(f"comparison  {evaluated.report.uri}/comparison.png")
+
+
+def print_merging(merged) -> None:
+    table = _stage_table("merging (assistant-token loss on held-out records)", ("model", "kind", "selection", "test"))
+    for r in merged.rows:
+        mark = " *" if r["model"] == merged.chosen else ""
+        table.add_row(f"{r['model']}{mark}", r["kind"], f"{r['selection_loss']:.4f}", f"{r['test_loss']:.4f}")
+    console.print(table)
+    if merged.soup:
+        console.print(f"greedy soup {' + '.join(merged.soup_ingredients)} "
+                      f"(left out: {', '.join(s['ingredient'] for s in merged.soup if not s['kept']) or 'none'})")
+    console.print(f"comparison  {merged.report.uri}/comparison.png")
+    _print_registered("merged", merged.registered)
+    console.print(f"            the {merged.chosen} merge (* above), chosen on the selection records")
+
+
 PRINTERS = {
     "curate": print_funnel,
     "pretrain": print_pretraining,
     "distill": print_distillation,
     "finetune": print_finetuning,
     "sweep": print_sweep,
+    "merge": print_merging,
+    "evaluate": print_evaluation,
 }
 
 

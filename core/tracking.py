@@ -133,6 +133,13 @@ def metric_name(*parts: str) -> str:
     return ".".join("".join(c if c in allowed else "_" for c in p) for p in parts)
 
 
+def label_name(label: str) -> str:
+    """A label that may be a folder or a registry URI (`/tmp/model`, `models:/chat/3`) as one part
+    of a metric or tag name: MLflow refuses names that read as file paths, so those become `tmp_model`."""
+    cleaned = "".join(c if c.isalnum() or c in "_-." else "_" for c in label)
+    return "_".join(part for part in cleaned.split("_") if part).strip(".") or "model"
+
+
 def run_url(run_id: str, experiment: str) -> str:
     """Where to see a run: a server's URL, or the path inside `smolforge ui`'s MLflow UI."""
     mlflow = _mlflow()

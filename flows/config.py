@@ -22,7 +22,10 @@ from smolforge.settings import apply_override, describe_errors, merge, read_yaml
 from smolforge.strict import Strict
 from smolforge.tasks.curate.config import CurateConfig
 from smolforge.tasks.distill.config import DistillConfig
+from smolforge.tasks.evaluate.config import EvaluateConfig
 from smolforge.tasks.finetune.config import FinetuneConfig
+from smolforge.tasks.merge.check import check_counts
+from smolforge.tasks.merge.config import MergeConfig
 from smolforge.tasks.sweep.config import SweepConfig
 from smolforge.tasks.train.config import PretrainSection
 
@@ -57,6 +60,14 @@ STAGES = (
     Stage("distill", "smolforge.flows.distill:distill", sweepable=True, artifacts=("model-import", "teacher-topk", "distilled")),
     Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True, artifacts=("model-4bit", "finetuned")),
     Stage("sweep", "smolforge.flows.sweep:sweep", artifacts=("sweep-trial",)),
+    # ingredients and bases named by registry URI or folder are imported as `model-import` artifacts
+    Stage(
+        "merge",
+        "smolforge.flows.merge:merge",
+        artifacts=("model-import", "lora-merged", "merge-data", "merged", "merge-score", "merge-report"),
+    ),
+    # models named by registry URI or folder in evaluate.models are imported as `model-import` artifacts
+    Stage("evaluate", "smolforge.flows.evaluate:evaluate", artifacts=("model-import", "eval-data", "evaluation", "eval-report")),
 )
 FLOWS = ("pipeline", *(s.name for s in STAGES))
 ARTIFACT_KINDS = tuple(dict.fromkeys(kind for s in STAGES for kind in s.artifacts))
@@ -73,6 +84,8 @@ class PipelineConfig(Strict):
     distill: DistillConfig | None = Field(None, description="Distillation of the pretrained model into a smaller student.")
     finetune: FinetuneConfig | None = Field(None, description="Instruction/chat fine-tuning (LoRA, QLoRA or full).")
     sweep: SweepConfig | None = Field(None, description="An Optuna sweep over one stage's settings.")
+    merge: MergeConfig | None = Field(None, description="Merges of fine-tunes of one base (mergekit, greedy soup).")
+    evaluate: EvaluateConfig | None = Field(None, description="Evaluation of the pipeline's models (and others) on held-out data.")
     execution: ExecutionConfig = Field(
         default_factory=ExecutionConfig, description="How tasks run: the Prefect task runner and the CPU worker processes."
     )
@@ -110,6 +123,27 @@ class PipelineConfig(Strict):
                 )
             if self.distill.teacher is None and self.pretrain is None:
                 raise ValueError("distill.teacher is null (the pretrained model) but pretrain is null: set one of them")
+        if self.merge is not None:
+            if self.finetune is None:
+                raise ValueError("merge judges merges on fine-tuning's held-out records, but finetune is null")
+            if self.finetune.heldout_records < 2:
+                raise ValueError(
+                    f"merge needs held-out records to select and test on, but finetune.heldout_records is "
+                    f"{self.finetune.heldout_records}: set it (say 64)"
+                )
+            if "sweep" in self.merge.ingredients and self.sweep is None:
+                raise ValueError("merge.ingredients names sweep (its kept models), but sweep is null")
+            labels = self.merge.expected_labels(self.finetune.seed)
+            if labels is not None:  # counts refused now, before anything is trained
+                check_counts(self.merge.methods, labels)
+        if self.evaluate is not None:
+            if "chat" in self.evaluate.tasks and self.finetune is None:
+                raise ValueError("evaluate.tasks names chat, which reads fine-tuning's held-out records, but finetune is null")
+            if not self.evaluate.models and all(getattr(self, s) is None for s in self.evaluate.pipeline_models):
+                raise ValueError(
+                    f"evaluate has no model: none of evaluate.pipeline_models {self.evaluate.pipeline_models} is configured "
+                    "and evaluate.models is empty"
+                )
         return self
 
 

@@ -97,6 +97,44 @@ class SweepResult(StageResult):
     this_run: list[dict[str, Any]]
     timings: dict[str, float]
 
+class MergeInputs(StageInputs):
+    ingredients: dict[str, ArtifactRef]  # by label, in the configured order; each holds model/
+    base_keys: dict[str, str | None]  # by label: the base each was fine-tuned from (lineage)
+    base: ArtifactRef | None = None  # the task vectors' origin (merge.base, else the shared base)
+    files: dict[str, str]  # fine-tuning's JSONL files (path -> content hash), whose held-out records judge
+    split: dict[str, Any]  # fine-tuning's split settings
+
+class MergeResult(StageResult):
+    """Every merge (by label, the greedy soup's too) and the comparison with the ingredients:
+    `rows` of {model, kind, selection_loss, test_loss}; `chosen` is the registered merge."""
+
+    data: ArtifactRef  # the selection and test records
+    merges: dict[str, ArtifactRef]
+    report: ArtifactRef
+    rows: list[dict[str, Any]]
+    soup: list[dict[str, Any]]  # the greedy soup's steps: {ingredient, selection_loss, kept}
+    soup_ingredients: list[str]
+    chosen: str
+    registered: Registered
+    inputs: MergeInputs
+
+class EvaluateInputs(StageInputs):
+    corpus: ArtifactRef  # whose held-out split is read
+    models: dict[str, ArtifactRef]  # by label: the stage that made it, or the reference given
+    registered: dict[str, Registered]  # the registry versions among them, by label (tagged with metrics)
+    chat_files: dict[str, str]  # fine-tuning's JSONL files (path -> content hash)
+    chat_split: dict[str, Any] | None = None  # fine-tuning's split settings, to find its held-out records
+
+class EvaluateResult(StageResult):
+    """The held-out sets, one evaluation per model (by label), the comparison and its rows."""
+
+    data: ArtifactRef
+    evaluations: dict[str, ArtifactRef]
+    report: ArtifactRef
+    rows: list[dict[str, Any]]
+    note: str  # which rows' token-level perplexities compare
+    inputs: EvaluateInputs
+
 
 class PipelineResult(BaseModel):
     """The pipeline's parent MLflow run and each stage's result (None where the stage did not run).
@@ -109,6 +147,8 @@ class PipelineResult(BaseModel):
     distill: DistillResult | None = None
     finetune: FinetuneResult | None = None
     sweep: SweepResult | None = None
+    merge: MergeResult | None = None
+    evaluate: EvaluateResult | None = None
 
     @property
     def stages(self) -> dict[str, StageResult]:

@@ -194,8 +194,7 @@ def _train_finetune(work: TrialWork) -> dict[str, Any]:
     files = data_files(work.config, project_home())
     with _CHAT_TEMPLATE_LOCK:
         data = load_data(
-            files, load_tokenizer(str(model_folder(base))), max_seq_len=cfg.max_seq_len, val_fraction=cfg.val_fraction,
-            max_val=cfg.max_val_records, seed=cfg.seed,
+            files, load_tokenizer(str(model_folder(base))), **cfg.split_settings(),
         )
     try:
         result = finetune_model(cfg, base, data, work.out, on_eval=work.on_eval, quantized=quantized_for(cfg, saved))

@@ -20,6 +20,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("pretrain.py", ["tokens/s smolforge/mlflow", "tokens/s trainer", "optimizer.step() Muon"]),
         ("finetune.py", ["variant", "qlora peak / lora peak"]),
         ("sweep.py", ["sweep overhead per trial"]),
+        ("evaluate.py", ["ratio to bare", "smolforge", "bare"]),
+        ("merge.py", ["ratio to direct", "paired ratio stage/direct", "soup claim on held-out test records", "greedy soup"]),
         ("cli.py", ["Start-up", "Re-run with nothing changed", "second/first: median"]),
     ],
 )

@@ -28,6 +28,7 @@ def small_run(sample_corpus: Path) -> list[str]:
         "pretrain.checkpoint.every_steps=20",
         "distill=null",
         "finetune=null",
+        "merge=null",
     ]
     return [arg for s in settings for arg in ("--set", s)]
 

@@ -37,7 +37,7 @@ from smolforge.tasks.curate.langid import LanguageStep
 from smolforge.tasks.curate.pii import PIIStep
 from smolforge.tasks.curate.quality import QualityStep
 from smolforge.tasks.curate.sample_corpus import build_sample_corpus
-from smolforge.tasks.curate.sources import InputFile
+from smolforge.tasks.curate.sources import InputFile, discover  # noqa: F401 - the flow discovers inputs through this module
 
 DOCS, DROPS = work.DOCS, work.DROPS
 

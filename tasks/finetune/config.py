@@ -109,7 +109,18 @@ class FinetuneConfig(Strict):
         description="torch CPU threads while this stage trains (restored after); null: torch's default, one per "
         "core. A small model gains little from more, and loses much when another process holds a core.",
     )
-    seed: int = Field(0, description="Seeds the split, the batch order and the adapter initialisation.")
+    seed: int = Field(0, description="Seeds the batch order, dropout and the adapter initialisation (not the split).")
+    split_seed: int = Field(
+        0,
+        description="Seeds which records are held out: fixed apart from `seed`, so fine-tunes with different seeds "
+        "(merge ingredients) hold out the very same records.",
+    )
+    heldout_records: int = Field(
+        0,
+        ge=0,
+        description="Records set aside before the validation split, for judging the fine-tunes afterwards (the merge "
+        "stage's selection and test halves): never trained or validated on, whatever the seed.",
+    )
     register_as: str = Field("smolforge-chat", min_length=1, description="Registered model name in MLflow.")
 
     @model_validator(mode="after")
@@ -117,6 +128,14 @@ class FinetuneConfig(Strict):
         if self.device == "cpu" and self.method == "qlora" and self.qlora.compute_dtype == "float16":
             raise ValueError("qlora.compute_dtype=float16 is not supported on device=cpu; use float32 or bfloat16")
         return self
+
+    def split_settings(self) -> dict[str, int | float]:
+        """How `data.load_data` splits the records: every reader of the split (training, a sweep
+        trial, the evaluation's chat records, the merge's held-out records) passes these."""
+        return {
+            "max_seq_len": self.max_seq_len, "val_fraction": self.val_fraction, "max_val": self.max_val_records,
+            "seed": self.split_seed, "holdout": self.heldout_records,
+        }
 
     def uses_checkpointing(self) -> bool:
         return self.method == "qlora" if self.gradient_checkpointing is None else self.gradient_checkpointing

@@ -158,12 +158,14 @@ class InstructData:
     val: list[Example]
     dropped: Counter = field(default_factory=Counter)
     read: int = 0
+    heldout: list[Example] = field(default_factory=list)  # set aside for judging the result: never trained or validated on
 
     def summary(self) -> dict[str, Any]:
         return {
             "records_read": self.read,
             "train_records": len(self.train),
             "val_records": len(self.val),
+            "heldout_records": len(self.heldout),
             "dropped": dict(sorted(self.dropped.items())),
             "train_target_tokens": sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in self.train),
         }
@@ -184,10 +186,12 @@ def render(messages: list[dict[str, str]], tokenizer: Any) -> tuple[list[int], l
 
 
 def load_data(
-    files: Sequence[Path], tokenizer: Any, *, max_seq_len: int, val_fraction: float, max_val: int, seed: int
+    files: Sequence[Path], tokenizer: Any, *, max_seq_len: int, val_fraction: float, max_val: int, seed: int,
+    holdout: int = 0,
 ) -> InstructData:
     """Read, check, render and split. The split is a seeded shuffle of the kept records, so the
-    same files and seed always hold out the same records."""
+    same files and seed always hold out the same records: the first `holdout` of the shuffle are
+    set aside (`heldout`), the next ones validate, the rest train."""
     examples: list[Example] = []
     dropped: Counter[str] = Counter()
     read = 0
@@ -207,17 +211,19 @@ def load_data(
                 continue
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
             examples.append(Example(ids, labels, messages[:last], messages[last]["content"], f"{path}:{number}"))
-    if len(examples) < 2:
+    if len(examples) < holdout + 2:
         raise DatasetError(
             f"only {len(examples)} usable record(s) in {[str(f) for f in files]} (dropped: {dict(dropped)}); "
-            "training needs at least one record to train on and one to validate on"
+            f"training needs at least one record to train on and one to validate on, besides {holdout} held out"
         )
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_val = min(max_val, max(1, round(len(examples) * val_fraction)), len(examples) - 1)
+    heldout = [examples[i] for i in order[:holdout]]
+    order = order[holdout:]
+    n_val = min(max_val, max(1, round(len(order) * val_fraction)), len(order) - 1)
     val = [examples[i] for i in order[:n_val]]
     train = [examples[i] for i in order[n_val:]]
-    return InstructData(train=train, val=val, dropped=dropped, read=read)
+    return InstructData(train=train, val=val, dropped=dropped, read=read, heldout=heldout)
 
 
 def collate(batch: Sequence[Example], pad_id: int) -> dict[str, Any]:

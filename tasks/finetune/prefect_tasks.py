@@ -91,8 +91,7 @@ def finetune_stage(
 
     tokenizer = load_tokenizer(str(model_folder(base.path)))
     loaded = load_data(
-        [Path(p) for p in data], tokenizer, max_seq_len=config.max_seq_len, val_fraction=config.val_fraction,
-        max_val=config.max_val_records, seed=config.seed,
+        [Path(p) for p in data], tokenizer, **config.split_settings(),
     )
     summary = {**loaded.summary(), "files": data}
     with tracking.run("finetune", runtime.experiment, runtime.parent_run_id, tags={"smolforge.base_key": base.key}) as active:

@@ -172,8 +172,7 @@ def finetune_model(
     tokenizer = load_tokenizer(str(model_folder(base_folder)))
     if not isinstance(data, InstructData):
         data = load_data(
-            [Path(p) for p in data], tokenizer, max_seq_len=config.max_seq_len, val_fraction=config.val_fraction,
-            max_val=config.max_val_records, seed=config.seed,
+            [Path(p) for p in data], tokenizer, **config.split_settings(),
         )
     device = pick_device(config.device)
     model = adapters.load_base(base_folder, config, device, None if quantized is None else Path(quantized))

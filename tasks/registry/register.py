@@ -69,9 +69,10 @@ def pip_requirements() -> list[str]:
 
 
 @task(name="register-model")
-def register_model(final: ArtifactRef, name: str, lineage: dict[str, str]) -> dict[str, str]:
+def register_model(final: ArtifactRef, name: str, lineage: dict[str, str], run_id: str | None = None) -> dict[str, str]:
     """Register `final`'s `model/` folder as `name@candidate` from the run that trained it (its
-    manifest's `mlflow_run_id`); `lineage` (keys of what it was made from) goes on the version."""
+    manifest's `mlflow_run_id`, or `run_id`: a merge is logged in the run that chose it);
+    `lineage` (keys of what it was made from) goes on the version."""
     import mlflow
     from transformers import AutoModelForCausalLM
 
@@ -80,7 +81,7 @@ def register_model(final: ArtifactRef, name: str, lineage: dict[str, str]) -> di
     if existing:
         version = existing[0]
     else:
-        run_id = final.manifest()["metrics"]["mlflow_run_id"]
+        run_id = run_id or final.manifest()["metrics"]["mlflow_run_id"]
         model = AutoModelForCausalLM.from_pretrained(final.path / "model")
         tokenizer = load_tokenizer(str(final.path / "model"))
         with tracking.resume(run_id), _no_hub_card_warnings():
