@@ -37,6 +37,7 @@ QUICK_SETTINGS = [
     "distill=null",
     "finetune=null",
     "merge=null",
+    "evaluate=null",
 ]
 
 

@@ -78,7 +78,7 @@ def prepare_environment(root: Path) -> list[str]:
 
 def pipeline_config(corpus: Path, workers: int, kinds: set[str] | None = None, extra: tuple[str, ...] = ()):
     """The tiny preset on `corpus`, PDF sources removed (or only `kinds`), `workers` processes."""
-    from smolforge.flows.config import load_config
+    from smolforge.flows.config import STAGES, load_config
 
     preset = load_config("tiny")
     sources = [s.model_dump() for s in preset.curate.sources if s.kind != "pdf"]
@@ -86,7 +86,7 @@ def pipeline_config(corpus: Path, workers: int, kinds: set[str] | None = None, e
         sources = [s for s in sources if s["kind"] in kinds]
     # Only curation is measured; the later stages' sections (their mixtures name the removed
     # sources) are turned off.
-    later = [f"{stage}=null" for stage in ("pretrain", "distill", "finetune") if getattr(preset, stage, None) is not None]
+    later = [f"{s.name}=null" for s in STAGES if s.name != "curate" and getattr(preset, s.name) is not None]
     return load_config(
         "tiny",
         overrides=[

@@ -29,6 +29,7 @@ def small_run(sample_corpus: Path) -> list[str]:
         "distill=null",
         "finetune=null",
         "merge=null",
+        "evaluate=null",
     ]
     return [arg for s in settings for arg in ("--set", s)]
 
