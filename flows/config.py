@@ -125,7 +125,7 @@ class PipelineConfig(Strict):
                 raise ValueError("distill.teacher is null (the pretrained model) but pretrain is null: set one of them")
         if self.merge is not None:
             if self.finetune is None:
-                raise ValueError("merge judges merges on fine-tuning's held-out records, but finetune is null")
+                raise ValueError("merge judges merges on fine-tuning's held-out records, but finetune is null (set merge=null too)")
             if self.finetune.heldout_records < 2:
                 raise ValueError(
                     f"merge needs held-out records to select and test on, but finetune.heldout_records is "
@@ -138,7 +138,7 @@ class PipelineConfig(Strict):
                 check_counts(self.merge.methods, labels)
         if self.evaluate is not None:
             if "chat" in self.evaluate.tasks and self.finetune is None:
-                raise ValueError("evaluate.tasks names chat, which reads fine-tuning's held-out records, but finetune is null")
+                raise ValueError("evaluate.tasks names chat, which reads fine-tuning's held-out records, but finetune is null (set evaluate=null, or evaluate.tasks without chat)")
             if not self.evaluate.models and all(getattr(self, s) is None for s in self.evaluate.pipeline_models):
                 raise ValueError(
                     f"evaluate has no model: none of evaluate.pipeline_models {self.evaluate.pipeline_models} is configured "
