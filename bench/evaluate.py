@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.table import Table
 
 from quickmode import parse_args  # bench/, beside this script
+from ratios import print_ratio_table
 
 from smolforge.models.architecture import build_model, count_parameters
 from smolforge.models.config import ModelConfig
@@ -79,19 +78,11 @@ def main() -> None:
     if abs(results["smolforge"] - results["bare"]) > 1e-3:
         raise SystemExit(f"the two loops disagree on the loss: {results}")
     tokens = sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches)
-    table = Table(
-        title=f"perplexity evaluation, {args.model} model ({count_parameters(model) / 1e6:.2f}M parameters), "
-        f"{len(batches)} batches, {tokens:,} target tokens, {args.repeats} repeats, {torch.get_num_threads()} threads",
-        title_justify="left",
+    title = (
+        f"perplexity evaluation, {args.model} model ({count_parameters(model) / 1e6:.2f}M parameters), {len(batches)} "
+        f"batches, {tokens:,} target tokens, {args.repeats} repeats, {torch.get_num_threads()} threads (tokens/s)"
     )
-    for col in ("loop", "median tokens/s", "min", "max", "ratio to bare"):
-        table.add_column(col, justify="left" if col == "loop" else "right")
-    bare = statistics.median(rates["bare"])
-    for name, values in rates.items():
-        median = statistics.median(values)
-        table.add_row(name, f"{median:,.0f}", f"{min(values):,.0f}", f"{max(values):,.0f}", f"{median / bare:.3f}")
-    console.print(table)
-    paired = statistics.median(a / b for a, b in zip(rates["smolforge"], rates["bare"], strict=True))
+    paired = print_ratio_table(console, title, rates, baseline="bare", fmt=",.0f", first_column="loop")
     console.print(f"paired ratio smolforge/bare (median over repeats, each A then B): {paired:.3f}")
     console.print(f"loss per token {results['smolforge']:.4f} (both loops); {platform.processor() or platform.machine()}, torch {torch.__version__}")
 

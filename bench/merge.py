@@ -34,7 +34,6 @@ import argparse
 import json
 import random
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quickmode import parse_args  # bench/, beside this script
+from ratios import print_ratio_table
 
 from smolforge.artifacts import ArtifactRef
 from smolforge.models.architecture import build_model, count_parameters
@@ -107,19 +107,11 @@ def time_merges(args: argparse.Namespace, root: Path) -> None:
             started = time.perf_counter()
             run(i)
             seconds[name].append(time.perf_counter() - started)
-    table = Table(
-        title=f"merge time, {args.method} of 2 models{' on a base' if needs_base else ''}, {args.model} shape ({parameters / 1e6:.1f}M parameters), "
-        f"{args.repeats} repeats, {torch.get_num_threads()} threads",
-        title_justify="left",
+    title = (
+        f"merge time, {args.method} of 2 models{' on a base' if needs_base else ''}, {args.model} shape "
+        f"({parameters / 1e6:.1f}M parameters), {args.repeats} repeats, {torch.get_num_threads()} threads (s)"
     )
-    for col in ("side", "median s", "min", "max", "ratio to direct"):
-        table.add_column(col, justify="left" if col == "side" else "right")
-    direct_median = statistics.median(seconds["direct"])
-    for name, values in seconds.items():
-        median = statistics.median(values)
-        table.add_row(name, f"{median:.3f}", f"{min(values):.3f}", f"{max(values):.3f}", f"{median / direct_median:.3f}")
-    console.print(table)
-    paired = statistics.median(a / b for a, b in zip(seconds["stage"], seconds["direct"], strict=True))
+    paired = print_ratio_table(console, title, seconds, baseline="direct", fmt=".3f", first_column="side")
     console.print(f"paired ratio stage/direct (median over repeats, each A then B): {paired:.3f}  (target <= 1.1)")
 
 
