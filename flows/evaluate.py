@@ -20,6 +20,7 @@ from smolforge.flows.config import PipelineConfig
 from smolforge.flows.curate import curate
 from smolforge.flows.distill import distill
 from smolforge.flows.finetune import data_files, finetune
+from smolforge.flows.merge import merge
 from smolforge.flows.pretrain import pretrain
 from smolforge.flows.results import EvaluateInputs, EvaluateResult, PipelineResult, Registered
 from smolforge.model_source import REGISTRY_SCHEMES, resolve
@@ -28,7 +29,7 @@ from smolforge.tasks.evaluate.prefect_tasks import evaluate_model, evaluation_da
 from smolforge.tasks.evaluate.registry import TASKS
 from smolforge.tasks.evaluate.report import tag_model_versions
 
-MODEL_FLOWS = {"pretrain": pretrain, "distill": distill, "finetune": finetune}
+MODEL_FLOWS = {"pretrain": pretrain, "distill": distill, "finetune": finetune, "merge": merge}
 
 
 def registered_version(spec: str) -> Registered | None:

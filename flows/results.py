@@ -118,6 +118,11 @@ class MergeResult(StageResult):
     registered: Registered
     inputs: MergeInputs
 
+    @property
+    def model(self) -> ArtifactRef:
+        """The chosen (registered) merge: the stage's model, as the other stages' `model` is theirs."""
+        return self.merges[self.chosen]
+
 class EvaluateInputs(StageInputs):
     corpus: ArtifactRef  # whose held-out split is read
     models: dict[str, ArtifactRef]  # by label: the stage that made it, or the reference given

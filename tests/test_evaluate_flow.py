@@ -32,7 +32,8 @@ def binomial_p_at_least(successes: int, trials: int, p: float) -> float:
 
 def test_every_model_of_the_run_is_compared_on_the_same_data(tiny_pipeline):
     result = tiny_pipeline.evaluate
-    assert [r["model"] for r in result.rows] == ["pretrain", "distill", "finetune"]
+    assert [r["model"] for r in result.rows] == ["pretrain", "distill", "finetune", "merge"]
+    assert result.inputs.models["merge"] == tiny_pipeline.merge.merges[tiny_pipeline.merge.chosen]
     assert result.inputs.models["finetune"] == tiny_pipeline.finetune.model
     for label, ref in result.evaluations.items():
         model = result.inputs.models[label]
@@ -88,7 +89,7 @@ def test_mlflow_holds_the_comparison_and_the_registry_versions_carry_the_metrics
     assert run.info.run_name == "evaluate" and run.data.tags["mlflow.parentRunId"] == tiny_pipeline.mlflow_run_id
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"comparison.json", "comparison.png"}
     table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="comparison.json")).read_text())
-    assert {"model", "tokenizer", "bits_per_byte", "cloze_acc"} <= set(table["columns"]) and len(table["data"]) == 3
+    assert {"model", "tokenizer", "bits_per_byte", "cloze_acc"} <= set(table["columns"]) and len(table["data"]) == 4
     model_run = client.get_run(run.data.tags["smolforge.eval_run.finetune"])
     assert model_run.info.run_name == "evaluate-model" and "chrf" in model_run.data.metrics
     assert {"samples.json", "tables"} <= {a.path for a in client.list_artifacts(model_run.info.run_id)}

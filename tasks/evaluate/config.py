@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 
 from smolforge.strict import Strict, require_unique
 
-PIPELINE_MODELS = ("pretrain", "distill", "finetune")
+PIPELINE_MODELS = ("pretrain", "distill", "finetune", "merge")
 
 
 class PerplexitySettings(Strict):
