@@ -12,11 +12,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef, file_hash, stable_hash
 from smolforge.errors import ConfigError
 from smolforge.runtime import Runtime
+
+if TYPE_CHECKING:  # mlflow is imported where it is used: the CLI's start-up stays light
+    from mlflow.entities.model_registry import ModelVersion
 
 REGISTRY_SCHEMES = ("models:/", "runs:/")
 KIND = "model-import"
@@ -33,6 +37,19 @@ def model_folder(folder: str | Path) -> Path:
         if (candidate / "config.json").is_file():
             return candidate
     raise ModelSourceError(f"{folder} holds no transformers model (no config.json in it or in its model/ folder)")
+
+
+def registry_version(spec: str) -> ModelVersion | None:
+    """The registry version a `models:/name@alias` or `models:/name/version` reference names (with
+    its tags); None for any other reference."""
+    if not spec.startswith("models:/"):
+        return None
+    name, _, alias = spec.removeprefix("models:/").partition("@")
+    client = tracking.client()
+    if alias:
+        return client.get_model_version_by_alias(name, alias)
+    name, _, number = name.rpartition("/")
+    return client.get_model_version(name, number)
 
 
 def _looks_like_path(spec: str) -> bool:

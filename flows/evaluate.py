@@ -12,7 +12,6 @@ import json
 
 from prefect import flow
 
-from smolforge import tracking
 from smolforge.artifacts import file_hash
 from smolforge.environment import project_home
 from smolforge.errors import ConfigError
@@ -23,26 +22,13 @@ from smolforge.flows.finetune import data_files, finetune
 from smolforge.flows.merge import merge
 from smolforge.flows.pretrain import pretrain
 from smolforge.flows.results import EvaluateInputs, EvaluateResult, PipelineResult, Registered
-from smolforge.model_source import REGISTRY_SCHEMES, resolve
+from smolforge.model_source import registry_version, resolve
 from smolforge.tasks.evaluate.harness import check_task_yamls
 from smolforge.tasks.evaluate.prefect_tasks import evaluate_model, evaluation_data, evaluation_report
 from smolforge.tasks.evaluate.registry import TASKS
 from smolforge.tasks.evaluate.report import tag_model_versions
 
 MODEL_FLOWS = {"pretrain": pretrain, "distill": distill, "finetune": finetune, "merge": merge}
-
-
-def registered_version(spec: str) -> Registered | None:
-    """The registry version a `models:/name@alias` or `models:/name/version` reference names."""
-    if not spec.startswith("models:/"):
-        return None
-    name, _, rest = spec.removeprefix("models:/").partition("@")
-    client = tracking.client()
-    if rest:
-        version = client.get_model_version_by_alias(name, rest).version
-    else:
-        name, _, version = name.rpartition("/")
-    return Registered(name=name, version=str(version), uri=spec)
 
 
 def evaluate_inputs(config: PipelineConfig, upstream: PipelineResult | None, parent_run_id: str | None) -> EvaluateInputs:
@@ -70,8 +56,8 @@ def evaluate_inputs(config: PipelineConfig, upstream: PipelineResult | None, par
         models[stage], registered[stage] = result.model, result.registered
     for i, spec in enumerate(cfg.models):
         models[spec] = resolve(spec, None, runtime, f"evaluate.models.{i}")
-        if spec.startswith(REGISTRY_SCHEMES) and (version := registered_version(spec)) is not None:
-            registered[spec] = version
+        if (version := registry_version(spec)) is not None:
+            registered[spec] = Registered(name=version.name, version=str(version.version), uri=spec)
     if not models:
         raise ConfigError("evaluate: no model to evaluate (no configured stage in evaluate.pipeline_models, no evaluate.models)")
     if done.curate is not None:

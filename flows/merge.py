@@ -19,14 +19,13 @@ from typing import Any
 
 from prefect import flow
 
-from smolforge import tracking
 from smolforge.artifacts import ArtifactRef, ArtifactStore
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
 from smolforge.flows.finetune import finetune
 from smolforge.flows.results import MergeInputs, MergeResult, PipelineResult, Registered
 from smolforge.flows.sweep import sweep
-from smolforge.model_source import REGISTRY_SCHEMES, import_model, locate, model_folder, resolve
+from smolforge.model_source import REGISTRY_SCHEMES, import_model, locate, model_folder, registry_version, resolve
 from smolforge.runtime import Runtime
 from smolforge.tasks.finetune.prefect_tasks import finetune_stage
 from smolforge.tasks.merge.check import Ingredient, MergeError, check_merge, check_related
@@ -36,18 +35,6 @@ from smolforge.tasks.merge.mergekit_run import mergekit_version
 from smolforge.tasks.merge.prefect_tasks import heldout_data, merge_report, merge_step, score_step, unload_lora
 from smolforge.tasks.merge.soup import greedy_soup
 from smolforge.tasks.registry.register import register_model
-
-
-def _registry_base_key(spec: str) -> str | None:
-    """The `smolforge.base_key` tag of the registry version `spec` names (fine-tuning sets it)."""
-    name, _, alias = spec.removeprefix("models:/").partition("@")
-    client = tracking.client()
-    if alias:
-        version = client.get_model_version_by_alias(name, alias)
-    else:
-        name, _, number = name.rpartition("/")
-        version = client.get_model_version(name, number)
-    return version.tags.get("smolforge.base_key")
 
 
 def _model_artifact(spec: str, runtime: Runtime, setting: str) -> ArtifactRef:
@@ -63,7 +50,8 @@ def _one_ingredient(spec: str, setting: str, base: ArtifactRef | None, runtime: 
     LoRA adapter is folded into `base` (merge.base, else the base its adapter_config names)."""
     store = runtime.store
     if spec.startswith(REGISTRY_SCHEMES):
-        return resolve(spec, None, runtime, setting), _registry_base_key(spec) if spec.startswith("models:/") else None
+        version = registry_version(spec)  # its smolforge.base_key tag, set by fine-tuning, is the lineage
+        return resolve(spec, None, runtime, setting), None if version is None else version.tags.get("smolforge.base_key")
     folder = Path(spec).expanduser()
     if not folder.exists() and ARTIFACT_SPEC.match(spec):
         ref = require(find_artifact(store, spec), spec, setting, store)
