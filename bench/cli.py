@@ -29,15 +29,13 @@ from pathlib import Path
 
 from quickmode import parse_args  # bench/, beside this script
 
+from smolforge.flows.config import STAGES
+
 SMOLFORGE = Path(sys.executable).parent / "smolforge"  # the console script of this environment
-# The quick mode's pipeline: curation of one source, nothing after it.
+# The quick mode's pipeline: curation of one source, every later stage turned off.
 QUICK_SETTINGS = [
     "curate.sources=[{name: chat, kind: jsonl, path: 'jsonl/*.jsonl'}]",
-    "pretrain=null",
-    "distill=null",
-    "finetune=null",
-    "merge=null",
-    "evaluate=null",
+    *(f"{stage.name}=null" for stage in STAGES if stage.name != "curate"),
 ]
 
 
