@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from smolforge.tasks.evaluate.chat import answer_scores
+from smolforge.tasks.evaluate.config import EVALUATION_TASKS
 from smolforge.tasks.evaluate.harness import check_task_yamls
 from smolforge.tasks.evaluate.perplexity import IGNORE_INDEX, document_windows, make_batches
 from smolforge.tasks.evaluate.registry import TASKS, EvaluationError
@@ -32,8 +33,8 @@ def test_every_token_after_a_documents_first_is_a_target_once():
     assert all(int(b["attention_mask"].sum()) == int((b["targets"] != IGNORE_INDEX).sum()) for b in batches)
 
 
-def test_the_registry_holds_the_three_tasks_with_names_and_references():
-    assert {"perplexity", "chat", "lm_eval"} <= set(TASKS)
+def test_the_registry_holds_every_task_the_config_accepts_with_names_and_references():
+    assert set(TASKS) == set(EVALUATION_TASKS) == {"perplexity", "chat", "lm_eval"}
     for task in TASKS.values():
         assert task.pretty_name and task.reference_url.startswith("https://")
 

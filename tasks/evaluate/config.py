@@ -16,6 +16,9 @@ from pydantic import Field, field_validator
 from smolforge.strict import Strict, require_unique
 
 PIPELINE_MODELS = ("pretrain", "distill", "finetune", "merge")
+# The evaluation tasks that exist, named here (torch-free) so a typo in `evaluate.tasks` is refused
+# when the config loads; the registry (`registry.evaluation_task`) registers only these names.
+EVALUATION_TASKS = ("perplexity", "chat", "lm_eval")
 
 
 class PerplexitySettings(Strict):
@@ -80,7 +83,7 @@ class EvaluateConfig(Strict):
     tasks: list[str] = Field(
         default_factory=lambda: ["perplexity", "chat", "lm_eval"],
         min_length=1,
-        description="Evaluation tasks to run on every model, by registry name (see smolforge.tasks.evaluate.registry).",
+        description=f"Evaluation tasks to run on every model: {', '.join(EVALUATION_TASKS)}.",
     )
     perplexity: PerplexitySettings = Field(
         default_factory=PerplexitySettings, description="Perplexity and bits per byte per source on the held-out split."
@@ -108,10 +111,19 @@ class EvaluateConfig(Strict):
         require_unique(names, "evaluate.pipeline_models")
         return names
 
-    @field_validator("models", "tasks")
+    @field_validator("models")
     @classmethod
-    def _unique_entries(cls, names: list[str]) -> list[str]:
-        require_unique(names, "evaluate entries")
+    def _unique_models(cls, names: list[str]) -> list[str]:
+        require_unique(names, "evaluate.models")
+        return names
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, names: list[str]) -> list[str]:
+        unknown = [t for t in names if t not in EVALUATION_TASKS]
+        if unknown:
+            raise ValueError(f"no evaluation task {unknown}; available: {', '.join(EVALUATION_TASKS)}")
+        require_unique(names, "evaluate.tasks")
         return names
 
     def data_settings(self) -> EvaluationData:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from smolforge.errors import ConfigError
+from smolforge.tasks.evaluate.config import EVALUATION_TASKS
 
 
 @dataclass
@@ -46,11 +47,14 @@ TASKS: dict[str, EvaluationTask] = {}
 
 
 def evaluation_task(name: str, pretty_name: str, reference_url: str) -> Callable:
-    """Register `fn` under `name`; a second task of the same name is a programming error."""
+    """Register `fn` under `name`; a second task of the same name, or one the config does not
+    name in `EVALUATION_TASKS` (so it could never be chosen), is a programming error."""
 
     def register(fn: Callable[[Subject, Path, Any], TaskOutput]) -> Callable[[Subject, Path, Any], TaskOutput]:
         if name in TASKS:
             raise ValueError(f"evaluation task {name!r} is registered twice")
+        if name not in EVALUATION_TASKS:
+            raise ValueError(f"evaluation task {name!r} is not in EVALUATION_TASKS (tasks/evaluate/config.py)")
         TASKS[name] = EvaluationTask(name, pretty_name, reference_url, fn)
         return fn
 
