@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from smolforge.artifacts import ArtifactRef, stable_hash
 from smolforge.environment import project_home
 from smolforge.errors import ConfigError
-from smolforge.flows.config import PipelineConfig
+from smolforge.flows.config import STAGES, PipelineConfig
 from smolforge.flows.distill import distill_inputs
 from smolforge.flows.finetune import data_files, finetune_inputs
 from smolforge.flows.pretrain import planned_stages, pretrain_inputs
@@ -280,8 +280,7 @@ def check_sweep(config: PipelineConfig) -> None:
             return f"{value!r} is refused: " + describe_errors(exc).split("\n", 1)[1].strip()
         return None
 
-    base = config.model_dump(mode="json")
-    base["sweep"] = None
+    base = trial_base(config)
     for path, value in sweep.fixed.items():
         problem = setting_problem(path, whole_sections=True) or refused(base, path, value)  # applied in place: the trials' base
         if problem:
@@ -299,11 +298,21 @@ def check_sweep(config: PipelineConfig) -> None:
         raise ConfigError("invalid sweep:\n  " + "\n  ".join(problems))
 
 
+def trial_base(config: PipelineConfig) -> dict[str, Any]:
+    """The config a trial starts from, as data: without the sweep and the stages after it. A trial
+    trains its stage only; merging or evaluating the sweep's kept models happens after the sweep,
+    and a merge that names the sweep's models would otherwise be refused inside every trial."""
+    data = config.model_dump(mode="json")
+    names = [s.name for s in STAGES]
+    for name in names[names.index("sweep"):]:
+        data[name] = None
+    return data
+
+
 def trial_config(config: PipelineConfig, values: dict[str, Any]) -> PipelineConfig:
     """The full config as the trial sees it: the sweep's fixed settings and the trial's values
-    applied, no sweep inside it."""
-    data = config.model_dump(mode="json")
-    data["sweep"] = None
+    applied to `trial_base`."""
+    data = trial_base(config)
     for path, value in {**config.sweep.fixed, **values}.items():
         apply_override(data, f"{path}={render(value)}")
     try:

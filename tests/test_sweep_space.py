@@ -48,6 +48,16 @@ def test_a_trial_config_gets_the_fixed_settings_and_its_values():
     assert trial.sweep is None and config.pretrain.stages[0].name == "stable"
 
 
+def test_a_trial_leaves_out_the_stages_after_the_sweep_that_merge_its_kept_models():
+    config = tiny_with(
+        "{stage: finetune, keep: 2, space: {finetune.lr: float 1e-3..4e-3 log}}",
+        "merge.ingredients=[sweep]", "merge.seeds=[]",
+    )
+    check_sweep(config)  # a merge of the sweep's models is no reason to refuse the trials' settings
+    trial = trial_config(config, {"finetune.lr": 2e-3})
+    assert (trial.sweep, trial.merge, trial.evaluate) == (None, None, None) and trial.finetune.lr == 2e-3
+
+
 @pytest.mark.parametrize(
     ("sweep", "expected"),
     [
