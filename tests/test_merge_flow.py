@@ -124,3 +124,19 @@ def test_a_lora_adapter_folder_is_folded_into_its_base_first(tiny_pipeline, tmp_
     ours = load_file(str(folded.path / "model" / "model.safetensors"))
     stage = load_file(str(tiny_pipeline.finetune.model.path / "model" / "model.safetensors"))
     assert max(float((ours[k] - stage[k]).abs().max()) for k in stage) < 1e-5  # the same fold as fine-tuning's own
+
+
+def test_a_fine_tuning_sweeps_kept_models_are_soup_ingredients(tiny_pipeline):
+    """Two short trials of a fine-tuning sweep, both kept, share the pretrained base: a uniform soup."""
+    config = load_config("tiny", overrides=[
+        "sweep={stage: finetune, trials: 2, parallel: 1, keep: 2, pruner: none, "
+        "space: {finetune.lr: float 1e-3..4e-3 log}, fixed: {finetune.steps: 15, finetune.eval_every: 5}}",
+        "merge.ingredients=[sweep]", "merge.seeds=[]", "merge.greedy_soup=false", "merge.methods=[{method: linear}]", "merge.choose=linear",
+    ])
+    result = merge(config, tiny_pipeline)
+    labels = list(result.inputs.ingredients)
+    assert len(labels) == 2 and all(re.fullmatch(r"sweep-trial\d+", label) for label in labels)
+    refs = list(result.inputs.ingredients.values())
+    assert {ref.kind for ref in refs} == {"finetuned"} and refs[0].key != refs[1].key
+    assert set(result.inputs.base_keys.values()) == {tiny_pipeline.pretrain.model.key}
+    assert [r["model"] for r in result.rows] == [*labels, "linear"]
