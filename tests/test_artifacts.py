@@ -41,6 +41,13 @@ def test_corruption_and_deletion_are_detected(tmp_path):
         (tmp / "f.bin").write_bytes(b"hello")
     (store.path("k", "abc") / "f.bin").write_bytes(b"jello")
     assert "hash" in store.problem("k", "abc")
+    # what a crash can leave of files the store does not flush one by one: empty, or a bare manifest
+    (store.path("k", "abc") / "f.bin").write_bytes(b"")
+    assert store.problem("k", "abc") == "file f.bin has 0 bytes, manifest says 5"
+    manifest = (store.path("k", "abc") / "manifest.json").read_bytes()
+    (store.path("k", "abc") / "manifest.json").write_bytes(b"")
+    assert store.problem("k", "abc").startswith("unreadable manifest")
+    (store.path("k", "abc") / "manifest.json").write_bytes(manifest)
     (store.path("k", "abc") / "f.bin").unlink()
     assert "missing" in store.problem("k", "abc")
     assert store.problem("k", "nope") == "missing"
