@@ -5,7 +5,7 @@
 Same model (the tiny preset's SmolLM3 shape: hidden 128, 4 layers, vocab 4096; `small`: hidden 256
 x 6 layers), same batches: documents of 50-900 random tokens cut into windows of 256 by the stage's
 own `document_windows` and `make_batches` (8 windows a batch, longest first), built once, before any
-timing. The two sides alternate A B A B ..., each repeat reading every batch once; tokens/s counts
+timing. The two sides alternate A B, B A, ..., each repeat reading every batch once; tokens/s counts
 target tokens. Reports medians, min-max, the ratio of the medians, and the median of the ratios
 within each repeat (on a shared machine the paired figure drifts less).
 
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from quickmode import parse_args  # bench/, beside this script
-from ratios import print_ratio_table
+from ratios import alternating, print_ratio_table
 
 from smolforge.models.architecture import build_model, count_parameters
 from smolforge.models.config import ModelConfig
@@ -69,12 +69,11 @@ def main() -> None:
         run()
     rates: dict[str, list[float]] = {name: [] for name in sides}
     results: dict[str, float] = {}
-    for _ in range(args.repeats):
-        for name, run in sides.items():  # A B A B ...
-            started = time.perf_counter()
-            nll, tokens = run()
-            rates[name].append(tokens / (time.perf_counter() - started))
-            results[name] = nll / tokens
+    for name, run in alternating(sides, args.repeats):  # A B, B A, ...
+        started = time.perf_counter()
+        nll, tokens = run()
+        rates[name].append(tokens / (time.perf_counter() - started))
+        results[name] = nll / tokens
     if abs(results["smolforge"] - results["bare"]) > 1e-3:
         raise SystemExit(f"the two loops disagree on the loss: {results}")
     tokens = sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches)
@@ -83,7 +82,7 @@ def main() -> None:
         f"batches, {tokens:,} target tokens, {args.repeats} repeats, {torch.get_num_threads()} threads (tokens/s)"
     )
     paired = print_ratio_table(console, title, rates, baseline="bare", fmt=",.0f", first_column="loop")
-    console.print(f"paired ratio smolforge/bare (median over repeats, each A then B): {paired:.3f}")
+    console.print(f"paired ratio smolforge/bare (median over repeats, each running both sides): {paired:.3f}")
     console.print(f"loss per token {results['smolforge']:.4f} (both loops); {platform.processor() or platform.machine()}, torch {torch.__version__}")
 
 

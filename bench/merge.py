@@ -6,7 +6,7 @@ claim measured.
 
 1. Merge time. Three models of the `small` shape (SmolLM2-135M's: hidden 576, 30 layers, vocab
    49,152; ~135M parameters, 540 MB each in float32): a base and two "fine-tunes" (the base plus
-   small noise), saved once. The sides alternate A B A B ...:
+   small noise), saved once. The sides alternate A B, B A, ...:
 
      stage     `merge_step` as the flow calls it on a cache miss: the key, the mergekit call, the
                manifest (every file hashed), the atomic rename into a fresh artifact store
@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quickmode import parse_args  # bench/, beside this script
-from ratios import print_ratio_table
+from ratios import alternating, print_ratio_table
 
 from smolforge.artifacts import ArtifactRef
 from smolforge.models.architecture import build_model, count_parameters
@@ -102,17 +102,16 @@ def time_merges(args: argparse.Namespace, root: Path) -> None:
     for run in sides.values():  # warm-up: imports, the page cache
         run(-1)
     seconds: dict[str, list[float]] = {name: [] for name in sides}
-    for i in range(args.repeats):
-        for name, run in sides.items():  # A B A B ...
-            started = time.perf_counter()
-            run(i)
-            seconds[name].append(time.perf_counter() - started)
+    for n, (name, run) in enumerate(alternating(sides, args.repeats)):  # A B, B A, ...
+        started = time.perf_counter()
+        run(n)
+        seconds[name].append(time.perf_counter() - started)
     title = (
         f"merge time, {args.method} of 2 models{' on a base' if needs_base else ''}, {args.model} shape "
         f"({parameters / 1e6:.1f}M parameters), {args.repeats} repeats, {torch.get_num_threads()} threads (s)"
     )
     paired = print_ratio_table(console, title, seconds, baseline="direct", fmt=".3f", first_column="side")
-    console.print(f"paired ratio stage/direct (median over repeats, each A then B): {paired:.3f}  (target <= 1.1)")
+    console.print(f"paired ratio stage/direct (median over repeats, each running both sides): {paired:.3f}  (target <= 1.1)")
 
 
 def records(n: int) -> list[dict]:

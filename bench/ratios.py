@@ -5,9 +5,20 @@ the machine's drift between repeats moves less than the ratio of medians."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.table import Table
+
+
+def alternating(sides: dict[str, Callable], repeats: int) -> Iterator[tuple[str, Callable]]:
+    """Each side once per repeat, the order flipped every repeat (A B, B A, A B, ...): whichever
+    side runs second in a pair (after the other has warmed caches, or left dirty pages to flush)
+    does so in half the repeats, so that order does not bias the ratio."""
+    names = list(sides)
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else reversed(names):
+            yield name, sides[name]
 
 
 def print_ratio_table(
