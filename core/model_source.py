@@ -41,15 +41,29 @@ def model_folder(folder: str | Path) -> Path:
 
 def registry_version(spec: str) -> ModelVersion | None:
     """The registry version a `models:/name@alias` or `models:/name/version` reference names (with
-    its tags); None for any other reference."""
+    its tags); None for any other reference. A name that is not registered, a version or an alias
+    it does not have: an error that names what the registry does hold."""
     if not spec.startswith("models:/"):
         return None
+    from mlflow.exceptions import MlflowException
+
     name, _, alias = spec.removeprefix("models:/").partition("@")
+    if not alias:
+        name, _, number = name.rpartition("/")
     client = tracking.client()
-    if alias:
-        return client.get_model_version_by_alias(name, alias)
-    name, _, number = name.rpartition("/")
-    return client.get_model_version(name, number)
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models())
+        raise ModelSourceError(f"{spec}: no registered model {name!r}; registered: {', '.join(names) or 'none'}") from None
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException:
+        if alias:
+            held = ", ".join(f"@{a} (version {v})" for a, v in sorted(model.aliases.items()))
+            raise ModelSourceError(f"{spec}: {name} has no alias {alias!r}; its aliases: {held or 'none'}") from None
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        raise ModelSourceError(f"{spec}: {name} has no version {number!r}; its versions: {versions or 'none'}") from None
 
 
 def _looks_like_path(spec: str) -> bool:
