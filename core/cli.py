@@ -302,6 +302,68 @@ def artifacts(kind: Annotated[Optional[str], typer.Option(help=f"Only this kind:
     console.print(table)
 
 
+@app.command()
+def lineage(
+    model: Annotated[str, typer.Argument(help="models:/name@alias, models:/name/version, an artifact key (kind:key) or folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the chain as JSON (as logged in the run's lineage.json).")] = False,
+) -> None:
+    """The chain from a model back to the raw data: version, stage run, artifacts, the models it came from, the corpus."""
+    from smolforge.artifacts import ArtifactStore
+    from smolforge.environment import configure
+    from smolforge.errors import ConfigError
+    from smolforge.tasks.registry.lineage import lineage as read_lineage
+
+    store = ArtifactStore(configure() / "artifacts")
+    try:
+        chain = read_lineage(model, store)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if as_json:
+        console.print_json(json.dumps(chain, default=str))
+        return
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    if "registered" in chain:
+        aliases = " ".join(f"@{a}" for a in chain["aliases"])
+        tree = Tree(f"[bold]{chain['registered']}[/] {aliases}  {_run_text(chain['run'])}")
+        for tag, value in chain["tags"].items():
+            tree.add(f"[dim]{tag}[/] {escape(value)}")
+        _add_artifact(tree, chain["artifact"])
+    else:
+        tree = Tree(f"[bold]{model}[/]")
+        _add_artifact(tree, chain)
+    console.print(tree)
+
+
+def _run_text(run: dict | None) -> str:
+    if not run:
+        return ""
+    if "missing" in run:
+        return f"run {run['run_id']} ({run['missing']})"
+    prefect = f"  Prefect {run['prefect_flow_run']}" if "prefect_flow_run" in run else ""
+    return f"{run['stage']} run {run['run_id']}{prefect}"
+
+
+def _add_artifact(parent, node: dict) -> None:
+    """One artifact of a lineage and, below it, what it was made from."""
+    label = f"{node.get('kind', '?')}:{node['key']}"
+    if "missing" in node or "shown" in node:
+        parent.add(f"{label} [dim]({node.get('missing') or 'shown above'})[/]")
+        return
+    branch = parent.add(f"[bold]{label}[/] {node['step']} {node['created']}  {_run_text(node.get('run'))}")
+    if "source" in node:
+        branch.add(f"imported from {node['source']}")
+    corpus = node.get("corpus")
+    if corpus is not None:
+        steps = ", ".join(f"{r['step']} {r['docs_in']}->{r['docs_out']}" for r in corpus["funnel"])
+        branch.add(f"curation (documents in->out): {steps}")
+        sources = ", ".join(f"{name} {s['documents']} docs" for name, s in corpus["sources"].items())
+        branch.add(f"sources: {sources}; {corpus['tokens']:,} tokens in all")
+    for item in node.get("inputs", []):
+        _add_artifact(branch, item)
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":

@@ -4,8 +4,9 @@ Every stage that produces a model (pretraining, distillation, fine-tuning) regis
 the artifact's `model/` folder (a transformers model and its tokenizer) is logged in the MLflow run
 of the stage that trained it (the run id its task kept in the artifact's manifest), so the version's
 page shows that run's metrics and params; it is registered from the logged model's URI, tagged with
-the artifact key and the stage's lineage, and given the alias `candidate`. A version already
-registered from the very same artifact is reused, so a cached re-run adds none.
+the artifact key and the stage's lineage (the whole chain back to the corpus goes in the run as
+`lineage.json`), and given the alias `candidate`. A version already registered from the very same
+artifact is reused, so a cached re-run adds none.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections.abc import Iterator
 from prefect import task
 
 from smolforge import tracking
-from smolforge.artifacts import ArtifactRef
+from smolforge.artifacts import ArtifactRef, ArtifactStore
 from smolforge.tasks.curate.tokenizer import load_tokenizer
+from smolforge.tasks.registry.lineage import version_lineage
 
 
 class _DropMessages(logging.Filter):
@@ -92,5 +94,6 @@ def register_model(final: ArtifactRef, name: str, lineage: dict[str, str], run_i
                 pip_requirements=pip_requirements(),
             )
         version = mlflow.register_model(info.model_uri, name, tags={"smolforge.artifact_key": final.key, **lineage})
+        client.log_dict(run_id, version_lineage(ArtifactStore(final.path.parent.parent), name, version), "lineage.json")
     client.set_registered_model_alias(name, "candidate", version.version)
     return {"name": name, "version": str(version.version), "uri": f"models:/{name}@candidate"}
