@@ -47,7 +47,7 @@ def sweep_config(steps: int, trials: int, repeat: int):
         "pretrain.schedule.decay_fraction: 0.5, pretrain.schedule.warmup_steps: 2, pretrain.model.hidden_size: 64, "
         "pretrain.model.num_layers: 2, pretrain.model.intermediate_size: 128, pretrain.mtp.heads: 0}}"
     )
-    return load_config("tiny", overrides=["distill=null", "finetune=null", "merge=null", "evaluate=null", f"sweep={sweep}"])
+    return load_config("tiny", overrides=["distill=null", "finetune=null", "merge=null", "evaluate=null", "promote=null", f"sweep={sweep}"])
 
 
 def main() -> None:

@@ -33,32 +33,43 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+# The configuration options `run`, `promote` and `rollback` share (the gates and the evaluation
+# settings a promotion reads come from the same preset, file and overrides as a run's).
+PresetOption = Annotated[
+    Optional[str],
+    typer.Option(help=f"Preset: {', '.join(available_presets())}. \\[default: {DEFAULT_PRESET}; none when --config is given]"),
+]
+ConfigOption = Annotated[Optional[Path], typer.Option(help="YAML file merged over the preset.")]
+SetOption = Annotated[list[str], typer.Option("--set", help="Override one setting: section.field=value (repeatable).")]
+
+
+def _load_config(preset: str | None, config: Path | None, set_: list[str]):
+    from smolforge.errors import ConfigError
+    from smolforge.flows.config import load_config
+
+    try:
+        return load_config(preset or (None if config else DEFAULT_PRESET), config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def run(
     flow: Annotated[str, typer.Argument(help=f"Which flow: {', '.join(FLOWS)}.")] = "pipeline",
-    preset: Annotated[
-        Optional[str],
-        typer.Option(
-            help=f"Preset: {', '.join(available_presets())}. \\[default: {DEFAULT_PRESET}; none when --config is given]"
-        ),
-    ] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML file merged over the preset.")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override one setting: section.field=value (repeatable).")] = [],
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = [],
 ) -> None:
     """Run a flow on the embedded default (or the servers your environment points at)."""
     import time
 
     from smolforge.environment import configure
     from smolforge.errors import ConfigError
-    from smolforge.flows.config import load_config
 
     started = time.perf_counter()
     if flow not in FLOWS:
         _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
-    try:
-        cfg = load_config(preset or (None if config else DEFAULT_PRESET), config, set_)
-    except ConfigError as exc:
-        _fail(str(exc))
+    cfg = _load_config(preset, config, set_)
     if flow != "pipeline" and getattr(cfg, flow) is None:
         _fail(f"the {flow} flow needs a `{flow}` section in the config (--config FILE or --set {flow}=...)")
     # MLflow's own INFO lines (creating its tables on a first run) say nothing a user acts on; our
@@ -251,6 +262,16 @@ def print_merging(merged) -> None:
     console.print(f"            the {merged.chosen} merge (* above), chosen on the selection records")
 
 
+def print_promotion(promoted) -> None:
+    table = _stage_table("promotion (champion/challenger gate)", ("model", "version", "champion before", "decision", "reason"))
+    table.columns[-1].justify = "left"
+    table.columns[-2].justify = "left"
+    for d in promoted.decisions:
+        decision = d["decision"] + (" (forced)" if d["forced"] else "")
+        table.add_row(d["name"], d["version"], d["champion"] or "none", decision, d["reason"])
+    console.print(table)
+
+
 PRINTERS = {
     "curate": print_funnel,
     "pretrain": print_pretraining,
@@ -259,6 +280,7 @@ PRINTERS = {
     "sweep": print_sweep,
     "merge": print_merging,
     "evaluate": print_evaluation,
+    "promote": print_promotion,
 }
 
 
@@ -370,6 +392,102 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+@app.command()
+def models() -> None:
+    """Registered models, their aliases and key metrics (the evaluation's tags), one table."""
+    from smolforge.environment import configure
+
+    configure()
+    from smolforge.tasks.promote.registry import overview
+
+    rows = overview()
+    if not rows:
+        console.print("no registered models")
+        return
+    metrics = list(dict.fromkeys(m for r in rows for m in r["metrics"]))
+    table = _stage_table("registered models", ("model", "version", "aliases", *metrics, "promotion"))
+    for r in rows:
+        table.add_row(
+            r["name"], r["version"], ", ".join(r["aliases"]), *(r["metrics"].get(m, "") for m in metrics), r["promotion"]
+        )
+    console.print(table)
+
+
+def _reevaluate_when_needed(cfg):
+    """The evaluate stage's scoring of a champion on its challenger's data, imported (torch,
+    lm-eval, Prefect) only when a champion was scored on other data."""
+
+    def reevaluate(name: str, version: str, data_key: str):
+        from smolforge.flows.promote import reevaluator
+
+        return reevaluator(cfg)(name, version, data_key)
+
+    return reevaluate
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name, e.g. smolforge-chat.")],
+    version: Annotated[str, typer.Argument(help="Version number, or an alias such as candidate.")],
+    reason: Annotated[str, typer.Option(help="Why, recorded on the version.")],
+    force: Annotated[bool, typer.Option(help="Skip the comparison (never the evaluation); recorded as forced.")] = False,
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = [],
+) -> None:
+    """Run the promotion gate on one version: `champion` moves to it only on a pass (or --force)."""
+    from smolforge.environment import configure
+    from smolforge.errors import ConfigError
+
+    cfg = _load_config(preset, config, set_)
+    if cfg.promote is None:
+        _fail("promotion needs a `promote` section in the config (--set promote={} for the default gates)")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    configure()
+    from smolforge.flows.results import PromoteResult
+    from smolforge.tasks.promote.decisions import decide, version_of
+
+    started = time.perf_counter()
+    try:
+        outcomes, run_id = decide(
+            cfg.promote, cfg.tracking.experiment, [(name, version_of(name, version))],
+            reevaluate=_reevaluate_when_needed(cfg), force=force, note=reason,
+        )
+    except ConfigError as exc:
+        _fail(str(exc))
+    result = PromoteResult.of(outcomes, run_id, time.perf_counter() - started)
+    print_promotion(result)
+    if result.decisions[0]["decision"] == "rejected":
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name, e.g. smolforge-chat.")],
+    reason: Annotated[str, typer.Option(help="Why, recorded on both versions.")] = "",
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = [],
+) -> None:
+    """Put `champion` back on `previous-champion`, with tags on both versions saying so."""
+    from smolforge.environment import configure
+    from smolforge.errors import ConfigError
+
+    cfg = _load_config(preset, config, set_)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    configure()
+    from smolforge.flows.results import PromoteResult
+    from smolforge.tasks.promote.decisions import roll_back
+
+    started = time.perf_counter()
+    try:
+        outcomes, run_id = roll_back(cfg.tracking.experiment, name, reason)
+    except ConfigError as exc:
+        _fail(str(exc))
+    result = PromoteResult.of(outcomes, run_id, time.perf_counter() - started)
+    print_promotion(result)
 
 
 @app.command("sample-corpus")

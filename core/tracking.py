@@ -90,6 +90,12 @@ def resume(run_id: str) -> Iterator[Any]:
         yield active
 
 
+def active_run_id() -> str | None:
+    """The run this thread has open (a stage's, to nest work done on its behalf under it)."""
+    active = _mlflow().active_run()
+    return active.info.run_id if active else None
+
+
 def client() -> Any:
     return _mlflow().MlflowClient()
 

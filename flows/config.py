@@ -26,6 +26,7 @@ from smolforge.tasks.evaluate.config import EvaluateConfig
 from smolforge.tasks.finetune.config import FinetuneConfig
 from smolforge.tasks.merge.check import check_counts
 from smolforge.tasks.merge.config import MergeConfig
+from smolforge.tasks.promote.config import PromoteConfig
 from smolforge.tasks.sweep.config import SweepConfig
 from smolforge.tasks.train.config import PretrainSection
 
@@ -68,6 +69,8 @@ STAGES = (
     ),
     # models named by registry URI or folder in evaluate.models are imported as `model-import` artifacts
     Stage("evaluate", "smolforge.flows.evaluate:evaluate", artifacts=("model-import", "eval-data", "evaluation", "eval-report")),
+    # a champion scored on other data is evaluated again (`evaluation`, its model as `model-import`)
+    Stage("promote", "smolforge.flows.promote:promote_stage", artifacts=("model-import", "evaluation")),
 )
 FLOWS = ("pipeline", *(s.name for s in STAGES))
 ARTIFACT_KINDS = tuple(dict.fromkeys(kind for s in STAGES for kind in s.artifacts))
@@ -86,6 +89,9 @@ class PipelineConfig(Strict):
     sweep: SweepConfig | None = Field(None, description="An Optuna sweep over one stage's settings.")
     merge: MergeConfig | None = Field(None, description="Merges of fine-tunes of one base (mergekit, greedy soup).")
     evaluate: EvaluateConfig | None = Field(None, description="Evaluation of the pipeline's models (and others) on held-out data.")
+    promote: PromoteConfig | None = Field(
+        None, description="Champion/challenger promotion of the evaluated models through registry aliases."
+    )
     execution: ExecutionConfig = Field(
         default_factory=ExecutionConfig, description="How tasks run: the Prefect task runner and the CPU worker processes."
     )
@@ -144,6 +150,8 @@ class PipelineConfig(Strict):
                     f"evaluate has no model: none of evaluate.pipeline_models {self.evaluate.pipeline_models} is configured "
                     "and evaluate.models is empty"
                 )
+        if self.promote is not None and self.evaluate is None:
+            raise ValueError("promote decides on the evaluate stage's results, but evaluate is null (set promote=null too)")
         return self
 
 

@@ -92,7 +92,9 @@ def evaluate(config: PipelineConfig, upstream: PipelineResult | None = None, par
     run_id = report.manifest()["metrics"]["mlflow_run_id"]
     metrics = {label: json.loads((ref.path / "metrics.json").read_text(encoding="utf-8")) for label, ref in evaluations.items()}
     tag_model_versions(
-        [(r.name, r.version, metrics[label]) for label, r in inputs.registered.items()], cfg.tag_metrics, run_id
+        [(r.name, r.version, metrics[label], evaluations[label].manifest()["metrics"]["mlflow_run_id"])
+         for label, r in inputs.registered.items()],
+        cfg.tag_metrics, run_id, data.key,
     )
     seconds = sum(ref.manifest()["metrics"].get("seconds", 0.0) for ref in evaluations.values())
     return EvaluateResult(

@@ -7,6 +7,7 @@ The pipeline's result holds each stage's result under the stage's name, in the o
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import BaseModel
@@ -140,6 +141,17 @@ class EvaluateResult(StageResult):
     note: str  # which rows' token-level perplexities compare
     inputs: EvaluateInputs
 
+class PromoteResult(StageResult):
+    """One decision per challenger: name, version, decision (promoted, rejected, already champion,
+    restored), reason, forced, the champion it was compared with and both gate metric sets."""
+
+    decisions: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, outcomes: list[Any], run_id: str, seconds: float) -> PromoteResult:
+        """From the gate's outcomes (`tasks.promote.promotion.Outcome` dataclasses)."""
+        return cls(decisions=[asdict(o) for o in outcomes], mlflow_run_id=run_id, seconds=round(seconds, 1))
+
 
 class PipelineResult(BaseModel):
     """The pipeline's parent MLflow run and each stage's result (None where the stage did not run).
@@ -154,6 +166,7 @@ class PipelineResult(BaseModel):
     sweep: SweepResult | None = None
     merge: MergeResult | None = None
     evaluate: EvaluateResult | None = None
+    promote: PromoteResult | None = None
 
     @property
     def stages(self) -> dict[str, StageResult]:

@@ -30,6 +30,7 @@ def small_run(sample_corpus: Path) -> list[str]:
         "finetune=null",
         "merge=null",
         "evaluate=null",
+        "promote=null",
     ]
     return [arg for s in settings for arg in ("--set", s)]
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 def tiny(*overrides: str):
     """The tiny preset stopping after curation: these tests are about curation (the later stages have
     their own tests)."""
-    return load_config("tiny", overrides=["pretrain=null", "distill=null", "finetune=null", "merge=null", "evaluate=null", *overrides])
+    return load_config("tiny", overrides=["pretrain=null", "distill=null", "finetune=null", "merge=null", "evaluate=null", "promote=null", *overrides])
 
 
 def manifests(store: ArtifactStore) -> dict[tuple[str, str], float]:

@@ -19,6 +19,7 @@ def _run(runner: str, sample_corpus, home, monkeypatch):
             "finetune=null",
             "merge=null",
             "evaluate=null",
+            "promote=null",
             f"curate.data_dir={sample_corpus}",
             "curate.sample_corpus=null",
             "curate.sources=[{name: chat, kind: jsonl, path: 'jsonl/*.jsonl'}, {name: web, kind: html, path: 'html/boilerplate_*.html'}]",

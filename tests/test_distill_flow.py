@@ -16,7 +16,7 @@ from smolforge.flows.results import PipelineResult
 
 pytestmark = pytest.mark.slow
 
-OVERRIDES = ["finetune=null", "merge=null", "sweep=null", "evaluate=null"]
+OVERRIDES = ["finetune=null", "merge=null", "sweep=null", "evaluate=null", "promote=null"]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from smolforge.flows.pipeline import pipeline
 from smolforge.flows.results import PipelineResult
 
 pytestmark = pytest.mark.slow
-OVERRIDES = ["distill=null", "sweep=null", "merge=null", "evaluate=null"]
+OVERRIDES = ["distill=null", "sweep=null", "merge=null", "evaluate=null", "promote=null"]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 # The stages after pretraining are off wherever a test retrains the base: they have their own tests.
-PRETRAIN_ONLY = ["distill=null", "finetune=null", "merge=null", "evaluate=null"]
+PRETRAIN_ONLY = ["distill=null", "finetune=null", "merge=null", "evaluate=null", "promote=null"]
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ SWEEP = (
     "pretrain.schedule.decay_fraction: 0.5, pretrain.schedule.warmup_steps: 2, pretrain.model.hidden_size: 64, "
     "pretrain.model.num_layers: 2, pretrain.model.intermediate_size: 128, pretrain.mtp.heads: 0}}"
 )
-NO_LATER_STAGES = ["distill=null", "finetune=null", "merge=null", "evaluate=null"]
+NO_LATER_STAGES = ["distill=null", "finetune=null", "merge=null", "evaluate=null", "promote=null"]
 
 
 @pytest.fixture(scope="module")

@@ -73,12 +73,18 @@ def comparison_chart(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def tag_model_versions(versions: list[tuple[str, str, dict[str, float]]], metrics: list[str], report_run_id: str | None) -> None:
-    """Set `eval.<metric>` tags (and the comparison run) on each `(name, version, metrics)`."""
+def tag_model_versions(
+    versions: list[tuple[str, str, dict[str, float], str]], metrics: list[str], report_run_id: str | None, data_key: str
+) -> None:
+    """Set `eval.<metric>` tags on each `(name, version, metrics, evaluation run id)`, with the
+    comparison run, the model's own evaluation run and the data key: the promotion gate reads the
+    full metrics from that run and compares only evaluations of the same data."""
     client = tracking.client()
-    for name, version, values in versions:
+    for name, version, values, model_run_id in versions:
         for metric in metrics:
             if metric in values:
                 client.set_model_version_tag(name, version, f"eval.{metric}", f"{values[metric]:.4g}")
         if report_run_id:
             client.set_model_version_tag(name, version, "eval.run_id", report_run_id)
+        client.set_model_version_tag(name, version, "eval.model_run_id", model_run_id)
+        client.set_model_version_tag(name, version, "eval.data_key", data_key)

@@ -1,0 +1,1 @@
+"""Promotion: the champion/challenger gate and the registry aliases it moves."""
