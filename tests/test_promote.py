@@ -23,7 +23,7 @@ from smolforge.tasks.promote.config import Gate, Guard
 from smolforge.tasks.promote.decisions import decide, roll_back
 from smolforge.tasks.promote.gate import PromotionError
 from smolforge.tasks.promote.gate import decide as gate_decision
-from smolforge.tasks.promote.registry import aliases
+from smolforge.tasks.promote.registry import LOCK_SUFFIX, aliases
 
 SMOLFORGE = Path(sys.executable).parent / "smolforge"
 TEXT_GATE = {"metric": "bits_per_byte", "floor": 8.0}
@@ -281,6 +281,15 @@ def test_two_promotions_racing_in_two_processes_end_on_the_better_model():
     assert all(r.returncode == 0 for r in racers), outputs
     assert [aliases(name)["champion"] for name in names] == [best[name] for name in names], outputs
     assert all(tags(name, best[name])["promotion"] == "promoted" for name in names)
+    assert not [m.name for m in tracking.client().search_registered_models() if m.name.endswith(LOCK_SUFFIX)]
+
+
+def test_a_lock_left_by_a_promotion_that_died_is_broken_once_stale():
+    name = new_model()
+    first = add_version(name, {"bits_per_byte": 3.0})
+    tracking.client().create_registered_model(f"{name}{LOCK_SUFFIX}", tags={"smolforge.lock.since": str(time.time() - 3600)})
+    assert promote_one(name, first).decision == "promoted"
+    assert not tracking.client().search_registered_models(f"name='{name}{LOCK_SUFFIX}'")
 
 
 # --- in the pipeline -----------------------------------------------------------------------------

@@ -74,9 +74,9 @@ class PromoteConfig(Strict):
         description="The gate of each registered model name; a model without a gate is not promoted.",
     )
     settle_seconds: float = Field(
-        0.5, ge=0,
-        description="Seconds to wait after moving `champion` before reading it back (a promotion running at the "
-        "same time elsewhere shows by then).",
+        0.0, ge=0,
+        description="Seconds to wait after moving `champion` before reading it back. Promotions of one model take "
+        "turns through a lock in the registry; the read-back is the second line, for a lock broken as stale.",
     )
     attempts: int = Field(5, ge=1, description="Times a promotion re-decides when another one moved `champion` meanwhile.")
 

@@ -1,12 +1,11 @@
 """Promotion and rollback through the registry's aliases, guarded by the registry itself.
 
 MLflow has no compare-and-set on an alias, and two promotions may run at once on two machines that
-share one server, so a local lock guards nothing. Instead a promotion decides against the champion
-it read, checks that `champion` still points there, moves it, waits `settle_seconds`, and reads it
-back: if another promotion moved it meanwhile, it decides again against that one. Whichever order
-the two writes land in, the better model's process sees the worse one and takes `champion` back,
-and the worse one's process sees the better one and is rejected. (The one window left: a write
-delayed by more than `settle_seconds` after the other side's read-back.)
+share one server, so a local lock guards nothing. A promotion or rollback of a model therefore
+holds that model's lock in the registry (`registry.promotion_lock`: a registered model whose
+unique name the store creates once). Inside it, as a second line for a lock broken as stale, a
+promotion decides against the champion it read, checks that `champion` still points there, moves
+it, waits `settle_seconds`, reads it back, and decides again against whatever it finds instead.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from smolforge.tasks.promote.registry import (
     alias_version,
     aliases,
     evaluation,
+    promotion_lock,
     require_alias,
     require_evaluation,
     set_alias,
@@ -76,6 +76,14 @@ def promote(
     tag the decision on `version` either way. Refuses, before any change, a name, version or
     evaluation that does not exist and a gate metric the evaluations lack."""
     challenger = check(name, version, gate)
+    with promotion_lock(name):
+        return _promote_locked(name, version, gate, challenger, reevaluate, force, note, run_id, pipeline_run_id, settle_seconds, attempts)
+
+
+def _promote_locked(
+    name: str, version: str, gate: Gate, challenger: Evaluation, reevaluate: Reevaluate, force: bool, note: str,
+    run_id: str, pipeline_run_id: str, settle_seconds: float, attempts: int,
+) -> Outcome:
     for _ in range(attempts):
         before = alias_version(name, CHAMPION)
         if before == str(version):
@@ -129,6 +137,12 @@ def _record(outcome: Outcome, note: str, run_id: str, pipeline_run_id: str) -> N
 def rollback(name: str, note: str = "", run_id: str = "") -> Outcome:
     """`champion` back to `previous-champion`; `previous-champion` to the one before it (as the
     restored version's promotion recorded), or removed. Both versions are tagged saying so."""
+    require_alias(name, CHAMPION)  # refused before waiting for the lock
+    with promotion_lock(name):
+        return _rollback_locked(name, note, run_id)
+
+
+def _rollback_locked(name: str, note: str, run_id: str) -> Outcome:
     current = require_alias(name, CHAMPION)
     previous = alias_version(name, PREVIOUS)
     if previous is None:

@@ -8,13 +8,19 @@ and what exists instead, before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from smolforge import tracking
 from smolforge.tasks.promote.gate import PromotionError
 
 CHAMPION, PREVIOUS, CANDIDATE = "champion", "previous-champion", "candidate"
+LOCK_SUFFIX = ".promotion-lock"
 
 
 @dataclass(frozen=True)
@@ -142,3 +148,43 @@ def overview() -> list[dict[str, object]]:
                 "promotion": tags.get("promotion", ""),
             })
     return rows
+
+
+@contextlib.contextmanager
+def promotion_lock(name: str, wait_seconds: float = 120.0, stale_seconds: float = 600.0) -> Iterator[None]:
+    """Hold `name`'s promotion lock: a registered model named `<name>.promotion-lock`, which the
+    registry's store creates at most once (its name is unique), so two promotions of one model on
+    two machines sharing one MLflow server take turns. A lock older than `stale_seconds` (its
+    holder died) is broken; waiting longer than `wait_seconds` is an error naming the holder."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.client()
+    lock, holder = f"{name}{LOCK_SUFFIX}", f"{socket.gethostname()}:{os.getpid()}"
+    started = time.time()
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"smolforge.lock.holder": holder, "smolforge.lock.since": str(time.time())})
+            break
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            tags = client.get_registered_model(lock).tags
+        except MlflowException:
+            continue  # released in between: try again at once
+        since = float(tags.get("smolforge.lock.since", time.time()))
+        if time.time() - since > stale_seconds:
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(lock)
+            continue
+        if time.time() - started > wait_seconds:
+            raise PromotionError(
+                f"another promotion of {name} holds its lock ({lock}, held by {tags.get('smolforge.lock.holder')} for "
+                f"{time.time() - since:.0f} s); try again when it ends"
+            )
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(lock)
