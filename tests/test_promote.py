@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from smolforge import tracking
 from smolforge.flows.config import load_config
 from smolforge.flows.promote import reevaluator
 from smolforge.tasks.promote.config import Gate, Guard
-from smolforge.tasks.promote.decisions import decide, roll_back
+from smolforge.tasks.promote.decisions import decide, roll_back, version_of
 from smolforge.tasks.promote.gate import PromotionError
 from smolforge.tasks.promote.gate import decide as gate_decision
 from smolforge.tasks.promote.registry import LOCK_SUFFIX, aliases
@@ -200,21 +201,24 @@ def test_bad_input_is_refused_naming_the_value_and_nothing_changes():
     promote_one(name, champion)
     challenger = add_version(name, {"bits_per_byte": 1.9, "loss": 1.3})
     before = registry_state(name)
-    gates = ("--reason", "test", "--set", f"promote.gates={{{name}: {json.dumps(TEXT_GATE)}}}")
-    cases = [
-        (("promote", "no-such-model", "1", *gates), "no registered model 'no-such-model'"),
-        (("promote", name, "99", *gates), f"{name} has no version '99'; its versions: 1, 2"),
-        (("promote", name, "candidate", *gates), f"{name} has no alias 'candidate'; its aliases: champion -> 1"),
-        (("promote", name, challenger, *gates, "--set", f"promote.gates={{{name}: {{metric: rouge_l}}}}"),
-         "the gate reads rouge_l, which the evaluation of"),
-        (("rollback", name), f"{name} has no alias 'previous-champion'"),
-    ]
-    for args, message in cases:
-        done = cli(*args)
-        assert done.returncode == 2, (args, done.stdout, done.stderr)
-        assert message in " ".join(done.stdout.split()), (args, done.stdout)
+    config = gate_config(name)
+
+    def gate(version_name: str, version: str):
+        return decide(config.promote, "gate-tests", [(version_name, version)], reevaluate=reevaluator(config))
+
+    for call, message in [
+        (lambda: gate("no-such-model", "1"), "no registered model 'no-such-model'"),
+        (lambda: gate(name, "99"), f"{name} has no version '99'; its versions: 1, 2"),
+        (lambda: version_of(name, "candidate"), f"{name} has no alias 'candidate'; its aliases: champion -> 1"),
+        (lambda: roll_back("gate-tests", name), f"{name} has no alias 'previous-champion'"),
+    ]:
+        with pytest.raises(PromotionError, match=re.escape(message)):
+            call()
+    # the command line exits 2 and names the metrics the evaluation does have
     metrics = cli("promote", name, challenger, "--reason", "x", "--set", f"promote.gates={{{name}: {{metric: rouge_l}}}}")
-    assert "its metrics are: bits_per_byte, loss" in " ".join(metrics.stdout.split())
+    assert metrics.returncode == 2, metrics.stdout + metrics.stderr
+    said = " ".join(metrics.stdout.split())
+    assert "the gate reads rouge_l, which the evaluation of" in said and "its metrics are: bits_per_byte, loss" in said
     assert registry_state(name) == before
 
 
@@ -241,7 +245,7 @@ configure()
 from smolforge.tasks.promote.config import Gate, PromoteConfig
 from smolforge.tasks.promote.decisions import decide
 rounds = json.loads(sys.argv[1])  # [name, version, seconds after the go signal], one per round
-config = PromoteConfig(gates={name: Gate(metric="bits_per_byte") for name, _, _ in rounds}, settle_seconds=1.0)
+config = PromoteConfig(gates={name: Gate(metric="bits_per_byte") for name, _, _ in rounds})
 def never(*args):
     raise AssertionError("both versions were scored on the same data")
 print("ready", flush=True)
@@ -250,8 +254,8 @@ for name, version, at in rounds:
     time.sleep(max(0.0, go + at - time.time()))
     print(decide(config, "gate-tests", [(name, version)], reevaluate=never, note="race")[0][0].decision, flush=True)
 """
-ROUND_SECONDS = 3.0  # a decision (checks, the promote run, the settle second) fits in it
-WORSE_STARTS_LATER_BY = (0.0, 0.02, 0.05, 0.1)  # a few ms separate reading the champion from moving it
+ROUND_SECONDS = 1.5  # a decision (checks, the lock, the promote run) fits in it
+WORSE_STARTS_LATER_BY = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)  # a few ms separate reading the champion from moving it
 
 
 def test_two_promotions_racing_in_two_processes_end_on_the_better_model():
