@@ -137,6 +137,6 @@ def test_a_fine_tuning_sweeps_kept_models_are_soup_ingredients(tiny_pipeline):
     labels = list(result.inputs.ingredients)
     assert len(labels) == 2 and all(re.fullmatch(r"sweep-trial\d+", label) for label in labels)
     refs = list(result.inputs.ingredients.values())
-    assert {ref.kind for ref in refs} == {"finetuned"} and refs[0].key != refs[1].key
+    assert {ref.kind for ref in refs} == {"sweep-trial"} and refs[0].key != refs[1].key
     assert set(result.inputs.base_keys.values()) == {tiny_pipeline.pretrain.model.key}
     assert [r["model"] for r in result.rows] == [*labels, "linear"]

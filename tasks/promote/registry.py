@@ -166,7 +166,10 @@ def promotion_lock(name: str, wait_seconds: float = 120.0, stale_seconds: float 
             client.create_registered_model(lock, tags={"smolforge.lock.holder": holder, "smolforge.lock.since": str(time.time())})
             break
         except MlflowException as exc:
-            if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            code = getattr(exc, "error_code", "")
+            if code == "RESOURCE_DOES_NOT_EXIST":
+                continue  # the store found the name taken, then its holder released it: try again at once
+            if code != "RESOURCE_ALREADY_EXISTS":
                 raise
         try:
             tags = client.get_registered_model(lock).tags
