@@ -202,7 +202,7 @@ def merge(config: PipelineConfig, upstream: PipelineResult | None = None, parent
         "smolforge.selection_loss": f"{scores[chosen]['selection_loss']:.4f}",
         "smolforge.test_loss": f"{scores[chosen]['test_loss']:.4f}",
     }
-    registered = register_model(merges[chosen], cfg.register_as, lineage, run_id=run_id)
+    registered = register_model(merges[chosen], cfg.register_as, lineage, run_id=run_id, chat=True)
     print(f"merge: registered {chosen} (selection loss {scores[chosen]['selection_loss']:.4f}, "
           f"test loss {scores[chosen]['test_loss']:.4f}) as {registered['uri']}")
     return MergeResult(
