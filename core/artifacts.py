@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -116,6 +117,9 @@ def recipe_key(step: str, code: str, config: Any, inputs: list[str]) -> str:
     return stable_hash({"step": step, "code": code, "config": config, "inputs": inputs})
 
 
+ARTIFACT_SPEC = re.compile(r"^(?:([A-Za-z0-9_-]+):)?([0-9a-f]{12,})$")  # finetuned:<key>, or a bare key
+
+
 class ArtifactStore:
     """Folders under `root/<kind>/<key>`; a folder exists only once it is complete."""
 
@@ -193,3 +197,17 @@ class ArtifactStore:
             manifest["path"] = str(folder)
             rows.append(manifest)
         return rows
+
+
+def find_artifact(store: ArtifactStore, spec: str) -> ArtifactRef | None:
+    """The complete artifact `kind:key` or a bare `key` (any kind) names in `store`, or None."""
+    match = ARTIFACT_SPEC.match(spec)
+    if match is None:
+        return None
+    kind, key = match.groups()
+    kinds = [kind] if kind else sorted(p.parent.name for p in store.root.glob(f"*/{key}"))
+    for k in kinds:
+        ref = store.get(k, key)
+        if ref is not None:
+            return ref
+    return None

@@ -518,6 +518,49 @@ def ui(
         _fail(str(exc))
 
 
+@app.command()
+def generate(
+    model_uri: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL_URI",
+            help="models:/name@alias, models:/name/version, an artifact key (finetuned:<key> or a bare key) or a folder.",
+        ),
+    ],
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The question (a chat model) or the text to continue (any other).")],
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Stop after this many new tokens.")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 answers greedily; above 0 samples, hotter = more varied.")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="When sampling: keep the likeliest tokens up to this total probability.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="When sampling: the same seed gives the same answer.")] = None,
+    chat: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--chat/--no-chat",
+            help="Apply the chat template or continue the raw text. \\[default: as the model was registered, or, "
+            "for a folder, whether its generation config ends a turn at <|im_end|> (a fine-tune's does)]",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Answer PROMPT with a model, streaming the text to stdout as it is generated."""
+    from smolforge.artifacts import ArtifactStore
+    from smolforge.environment import configure
+    from smolforge.errors import ConfigError
+    from smolforge.tasks.serve.generate import Sampling, generate_from
+
+    # Only the answer and errors: no progress bars for a download or a load that takes a moment.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    home = configure()
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    try:
+        generate_from(model_uri, prompt, ArtifactStore(home / "artifacts"), sampling, chat)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="smolforge")
 

@@ -77,7 +77,7 @@ def finetune(config: PipelineConfig, upstream: PipelineResult | None = None, par
         "smolforge.finetune_method": cfg.method,
         "smolforge.config_key": stable_hash(cfg.model_dump(mode="json")),
     }
-    registered = register_model(tuned, cfg.register_as, lineage)
+    registered = register_model(tuned, cfg.register_as, lineage, chat=True)
     return FinetuneResult(
         model=tuned, inputs=inputs, metrics=metrics, registered=Registered(**registered),
         mlflow_run_id=metrics.get("mlflow_run_id"), seconds=metrics.get("seconds", 0.0), cached=cached,

@@ -19,7 +19,7 @@ from typing import Any
 
 from prefect import flow
 
-from smolforge.artifacts import ArtifactRef, ArtifactStore
+from smolforge.artifacts import ARTIFACT_SPEC, ArtifactRef, ArtifactStore, find_artifact
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
 from smolforge.flows.finetune import finetune
@@ -30,7 +30,7 @@ from smolforge.runtime import Runtime
 from smolforge.tasks.finetune.prefect_tasks import finetune_stage
 from smolforge.tasks.merge.check import Ingredient, MergeError, check_merge, check_related
 from smolforge.tasks.merge.config import GREEDY_SOUP, METHODS, MergeConfig, MergeMethod
-from smolforge.tasks.merge.ingredients import ARTIFACT_SPEC, adapter_only, base_key, find_artifact, in_store, require
+from smolforge.tasks.merge.ingredients import adapter_only, base_key, in_store, require
 from smolforge.tasks.merge.mergekit_run import mergekit_version
 from smolforge.tasks.merge.prefect_tasks import heldout_data, merge_report, merge_step, score_step, unload_lora
 from smolforge.tasks.merge.soup import greedy_soup
@@ -202,7 +202,7 @@ def merge(config: PipelineConfig, upstream: PipelineResult | None = None, parent
         "smolforge.selection_loss": f"{scores[chosen]['selection_loss']:.4f}",
         "smolforge.test_loss": f"{scores[chosen]['test_loss']:.4f}",
     }
-    registered = register_model(merges[chosen], cfg.register_as, lineage, run_id=run_id)
+    registered = register_model(merges[chosen], cfg.register_as, lineage, run_id=run_id, chat=True)
     print(f"merge: registered {chosen} (selection loss {scores[chosen]['selection_loss']:.4f}, "
           f"test loss {scores[chosen]['test_loss']:.4f}) as {registered['uri']}")
     return MergeResult(

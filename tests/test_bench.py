@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("sweep.py", ["sweep overhead per trial"]),
         ("evaluate.py", ["ratio to bare", "smolforge", "bare"]),
         ("merge.py", ["ratio to direct", "paired ratio stage/direct", "soup claim on held-out test records", "greedy soup"]),
+        ("generate.py", ["first output on stdout", "process exit", "time to first token from the registry"]),
         ("cli.py", ["Start-up", "Re-run with nothing changed", "second/first: median"]),
     ],
 )

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from smolforge.artifacts import ArtifactStore
+from smolforge.artifacts import ArtifactStore, find_artifact
 from smolforge.models.architecture import build_model
 from smolforge.models.config import ModelShape
 from smolforge.tasks.curate.tokenizer import load_tokenizer, train_tokenizer
@@ -22,7 +22,7 @@ from smolforge.tasks.finetune.data import collate, load_data
 from smolforge.tasks.finetune.train import finetune_model, masked_loss
 from smolforge.tasks.merge.check import Ingredient, MergeError, check_merge, check_related
 from smolforge.tasks.merge.config import METHODS, SPARSIFYING, MergeConfig, MergeMethod
-from smolforge.tasks.merge.ingredients import find_artifact, require
+from smolforge.tasks.merge.ingredients import require
 from smolforge.tasks.merge.mergekit_run import merge_models
 from smolforge.tasks.merge.score import score_model, write_heldout
 from smolforge.tasks.merge.soup import greedy_soup

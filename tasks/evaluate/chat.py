@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from smolforge.tasks.registry.serving import turn_stop_ids
 from smolforge.tasks.evaluate.config import EvaluateConfig
 from smolforge.tasks.evaluate.registry import EvaluationError, Subject, TaskOutput, evaluation_task
 from smolforge.tasks.finetune.data import Example, collate, render
@@ -43,15 +44,6 @@ def answer_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
     }
 
 
-def stop_tokens(tokenizer: Any) -> list[int]:
-    """A chat model's turn ends at `<|im_end|>` (ChatML) as well as at end of text."""
-    stops = [tokenizer.eos_token_id]
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in stops:
-        stops.append(im_end)
-    return stops
-
-
 @torch.inference_mode()
 def generate_answers(subject: Subject, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
     """Greedy answers, one prompt at a time (no padding to get wrong in a left-to-right model)."""
@@ -62,7 +54,7 @@ def generate_answers(subject: Subject, prompts: Sequence[list[dict[str, str]]], 
         ids = torch.tensor([list(ids)], device=subject.device)
         out = subject.model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=stop_tokens(tok), pad_token_id=pad,
+            eos_token_id=turn_stop_ids(tok), pad_token_id=pad,
         )
         answers.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
     return answers

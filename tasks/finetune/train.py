@@ -36,6 +36,7 @@ from smolforge.tasks.finetune.data import (
     collate,
     load_data,
 )
+from smolforge.tasks.registry.serving import turn_stop_ids
 
 Logger = Callable[[dict[str, float], int], None]
 
@@ -65,11 +66,7 @@ def validation_loss(model: torch.nn.Module, examples: Sequence[Example], batch_s
 
 def _chat_generation_config(model: torch.nn.Module, tokenizer: Any) -> None:
     """A chat model stops at the end of its turn (`<|im_end|>`) as well as at end of text."""
-    stops = [tokenizer.eos_token_id]
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in stops:
-        stops.append(im_end)
-    model.generation_config.eos_token_id = stops
+    model.generation_config.eos_token_id = turn_stop_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 

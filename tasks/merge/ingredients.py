@@ -10,14 +10,12 @@ a model: it shares no base with anything, and soups of such models are refused.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from smolforge.artifacts import ArtifactRef, ArtifactStore
 from smolforge.tasks.merge.check import MergeError
 
-ARTIFACT_SPEC = re.compile(r"^(?:([A-Za-z0-9_-]+):)?([0-9a-f]{12,})$")  # finetuned:<key>, or a bare key
 QUANTIZED = "model-4bit"  # a 4-bit copy of a base is an input of qlora runs, never their base
 
 
@@ -28,20 +26,6 @@ def holds_model(folder: Path) -> bool:
 def adapter_only(folder: Path) -> bool:
     """A LoRA adapter folder (or an artifact holding one) without a merged model beside it."""
     return not holds_model(folder) and any((f / "adapter_config.json").is_file() for f in (folder, folder / "adapter"))
-
-
-def find_artifact(store: ArtifactStore, spec: str) -> ArtifactRef | None:
-    """The complete artifact `kind:key` or a bare `key` names in `store`, or None."""
-    match = ARTIFACT_SPEC.match(spec)
-    if match is None:
-        return None
-    kind, key = match.groups()
-    kinds = [kind] if kind else sorted(p.parent.name for p in store.root.glob(f"*/{key}"))
-    for k in kinds:
-        ref = store.get(k, key)
-        if ref is not None:
-            return ref
-    return None
 
 
 def in_store(store: ArtifactStore, folder: Path) -> ArtifactRef | None:

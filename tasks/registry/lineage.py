@@ -18,23 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from smolforge import tracking
-from smolforge.artifacts import MANIFEST, ArtifactRef, ArtifactStore
+from smolforge.artifacts import MANIFEST, ArtifactRef, ArtifactStore, find_artifact
 from smolforge.errors import ConfigError
 from smolforge.model_source import registry_version
 
 
 class LineageError(ConfigError):
     """A reference whose lineage cannot be read: names the reference and what was expected."""
-
-
-def find_artifact(store: ArtifactStore, key: str) -> ArtifactRef | None:
-    """The artifact of any kind stored under `key` (keys are content hashes: one kind holds it)."""
-    if not store.root.is_dir():
-        return None
-    for kind in sorted(p.name for p in store.root.iterdir() if p.is_dir()):
-        if (store.path(kind, key) / MANIFEST).is_file():
-            return store.ref(kind, key)
-    return None
 
 
 def run_summary(run_id: str) -> dict[str, Any]:
@@ -120,8 +110,7 @@ def lineage(spec: str, store: ArtifactStore) -> dict[str, Any]:
     if (folder / MANIFEST).is_file():
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         return artifact_lineage(store, ArtifactRef(kind=manifest["kind"], key=manifest["key"], uri=str(folder.resolve())))
-    key = spec.rpartition(":")[2]
-    ref = find_artifact(store, key) if key.isalnum() else None
+    ref = find_artifact(store, spec)
     if ref is None:
         raise LineageError(
             f"{spec!r} names no registry version (models:/name@alias or models:/name/version), no artifact in "

@@ -20,6 +20,7 @@ from prefect import task
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef, ArtifactStore
 from smolforge.tasks.curate.tokenizer import load_tokenizer
+from smolforge.tasks.registry import serving
 from smolforge.tasks.registry.lineage import version_lineage
 
 
@@ -71,10 +72,13 @@ def pip_requirements() -> list[str]:
 
 
 @task(name="register-model")
-def register_model(final: ArtifactRef, name: str, lineage: dict[str, str], run_id: str | None = None) -> dict[str, str]:
+def register_model(
+    final: ArtifactRef, name: str, lineage: dict[str, str], run_id: str | None = None, chat: bool = False
+) -> dict[str, str]:
     """Register `final`'s `model/` folder as `name@candidate` from the run that trained it (its
     manifest's `mlflow_run_id`, or `run_id`: a merge is logged in the run that chose it);
-    `lineage` (keys of what it was made from) goes on the version."""
+    `lineage` (keys of what it was made from) goes on the version. A `chat` model is served with
+    messages in and the assistant's answer out, any other as text completion (`serving`)."""
     import mlflow
     from transformers import AutoModelForCausalLM
 
@@ -86,11 +90,13 @@ def register_model(final: ArtifactRef, name: str, lineage: dict[str, str], run_i
         run_id = run_id or final.manifest()["metrics"]["mlflow_run_id"]
         model = AutoModelForCausalLM.from_pretrained(final.path / "model")
         tokenizer = load_tokenizer(str(final.path / "model"))
+        task, model_config = serving.inference(chat, tokenizer)
         with tracking.resume(run_id), _no_hub_card_warnings():
             info = mlflow.transformers.log_model(
                 transformers_model={"model": model, "tokenizer": tokenizer},
                 name="model",
-                task="text-generation",
+                task=task,
+                model_config=model_config,
                 pip_requirements=pip_requirements(),
             )
         version = mlflow.register_model(info.model_uri, name, tags={"smolforge.artifact_key": final.key, **lineage})

@@ -1,0 +1,1 @@
+"""Answering with a model the pipeline made: `smolforge generate` in a fresh process."""
