@@ -80,6 +80,10 @@ def _from_registry(spec: str, scratch: Path, setting: str) -> Path:
 
     tracking._mlflow()  # the project's tracking URI, where the registry lives
     try:
+        registry_version(spec)  # a name, version or alias that does not exist: say what does
+    except ModelSourceError as exc:
+        raise ModelSourceError(f"{setting}={exc}") from None
+    try:
         path = Path(mlflow.artifacts.download_artifacts(spec, dst_path=str(scratch)))
     except MlflowException as exc:
         raise ModelSourceError(

@@ -119,7 +119,7 @@ def test_a_registry_teacher_is_downloaded_checked_and_used(trained, session_home
 @pytest.mark.parametrize(
     "override, message",
     [("distill.teacher=/no/such/teacher", "no such folder"),
-     ("distill.teacher=models:/no-such-model@candidate", "not found in the MLflow registry"),
+     ("distill.teacher=models:/no-such-model@candidate", "no registered model 'no-such-model'; registered: "),
      ("distill.student.hidden_size=256", "must be smaller than the teacher"),
      ("distill.data.steps=100000", "more than max_epochs"),
      ("distill.data.steps=8", "warmup_steps=10 runs past the decay start")],

@@ -1,6 +1,6 @@
 """`smolforge generate` in a fresh process, as a user runs it: a registered chat model answers in
 its chat template, a base model's folder continues the text, sampling with a seed repeats, and a
-reference that names no model stops with its value named and a non-zero exit."""
+reference that names no model is refused with its value named (a non-zero exit from the command)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from reference_answers import greedy_answer
 
 from smolforge.artifacts import ArtifactStore
+from smolforge.model_source import ModelSourceError
 from smolforge.tasks.serve.generate import Sampling, generate, generate_from
 
 pytestmark = pytest.mark.slow
@@ -58,20 +59,20 @@ def test_sampling_with_a_seed_repeats_and_an_artifact_key_names_a_model(tiny_pip
 @pytest.mark.parametrize(
     "uri, says",
     [
-        ("models:/smolforge-no-such-model/1", "not found in the MLflow registry"),
-        ("models:/smolforge-chat@no-such-alias", "not found in the MLflow registry"),
-        ("models:/smolforge-chat/999", "not found in the MLflow registry"),
+        ("models:/smolforge-no-such-model/1", "no registered model 'smolforge-no-such-model'; registered: "),
+        ("models:/smolforge-chat@no-such-alias", "smolforge-chat has no alias 'no-such-alias'; its aliases: @c"),
+        ("models:/smolforge-chat/999", "smolforge-chat has no version '999'; its versions: [1"),
         ("finetuned:0123456789abcdef", "no complete artifact with that key"),
         ("no-such-model", "neither a registry URI"),
     ],
 )
-def test_a_reference_that_names_no_model_is_refused_with_its_value(tiny_pipeline, uri, says):
-    done = _generate(uri, QUESTION)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert uri in done.stdout and says in done.stdout, done.stdout
+def test_a_reference_that_names_no_model_is_refused_with_its_value(tiny_pipeline, session_home, uri, says):
+    with pytest.raises(ModelSourceError) as refused:
+        generate_from(uri, QUESTION, ArtifactStore(session_home / "artifacts"), Sampling())
+    assert uri in str(refused.value) and says in str(refused.value)
 
 
-def test_a_folder_that_holds_no_model_is_refused(tmp_path):
+def test_a_folder_that_holds_no_model_is_refused_with_a_non_zero_exit(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     done = _generate(str(tmp_path), QUESTION)
     assert done.returncode == 2
