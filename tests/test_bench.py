@@ -4,6 +4,7 @@ not checked: speed and memory targets live in the benches, never in tests."""
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,26 +14,42 @@ pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.mark.parametrize(
-    "script, tables",
-    [
-        ("curation.py", ["Throughput:", "Re-run with nothing changed"]),
-        ("pretrain.py", ["tokens/s smolforge/mlflow", "tokens/s trainer", "optimizer.step() Muon"]),
-        ("finetune.py", ["variant", "qlora peak / lora peak"]),
-        ("sweep.py", ["sweep overhead per trial"]),
-        ("evaluate.py", ["ratio to bare", "smolforge", "bare"]),
-        ("merge.py", ["ratio to direct", "paired ratio stage/direct", "soup claim on held-out test records", "greedy soup"]),
-        ("generate.py", ["first output on stdout", "process exit", "time to first token from the registry"]),
-        ("cli.py", ["Start-up", "Re-run with nothing changed", "second/first: median"]),
-    ],
-)
-def test_quick_mode_completes_and_prints_its_tables(script, tables, tmp_path, outside_env, sample_corpus):
-    # the command-line bench's pipeline runs read the session's sample corpus instead of building one
-    extra = ["--data-dir", str(sample_corpus)] if script == "cli.py" else []
-    done = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick", *extra], cwd=tmp_path, env={**outside_env, "TMPDIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=1800,
-    )
+TABLES = {
+    "curation.py": ["Throughput:", "Re-run with nothing changed"],
+    "pretrain.py": ["tokens/s smolforge/mlflow", "tokens/s trainer", "optimizer.step() Muon"],
+    "finetune.py": ["variant", "qlora peak / lora peak"],
+    "sweep.py": ["sweep overhead per trial"],
+    "evaluate.py": ["ratio to bare", "smolforge", "bare"],
+    "merge.py": ["ratio to direct", "paired ratio stage/direct", "soup claim on held-out test records", "greedy soup"],
+    "generate.py": ["first output on stdout", "process exit", "time to first token from the registry"],
+    "cli.py": ["Start-up", "Re-run with nothing changed", "second/first: median"],
+}
+TEST = "test_quick_mode_completes_and_prints_its_tables"
+AT_ONCE = 2  # most of a quick run is process start-up, imports and Prefect's temporary server, which overlap
+
+
+@pytest.fixture(scope="module")
+def quick_runs(request, tmp_path_factory, outside_env, sample_corpus):
+    """The quick mode of every bench this session selected, started together, `AT_ONCE` at a time;
+    each test reads its own run."""
+    selected = [item.callspec.params["script"] for item in request.session.items if item.originalname == TEST]
+
+    def run(script: str) -> subprocess.CompletedProcess:
+        folder = tmp_path_factory.mktemp(script.removesuffix(".py"))
+        # the command-line bench's pipeline runs read the session's sample corpus instead of building one
+        extra = ["--data-dir", str(sample_corpus)] if script == "cli.py" else []
+        return subprocess.run(
+            [sys.executable, str(BENCH / script), "--quick", *extra], cwd=folder, env={**outside_env, "TMPDIR": str(folder)},
+            capture_output=True, text=True, timeout=1800,
+        )
+
+    with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
+        yield {script: pool.submit(run, script) for script in selected}
+
+
+@pytest.mark.parametrize("script", list(TABLES))
+def test_quick_mode_completes_and_prints_its_tables(script, quick_runs):
+    done = quick_runs[script].result()
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    for line in tables:
+    for line in TABLES[script]:
         assert line in done.stdout, f"{line!r} missing from:\n{done.stdout[-3000:]}"
