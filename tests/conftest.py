@@ -47,7 +47,7 @@ def tiny_pipeline(sample_corpus) -> dict:
     return pipeline(load_config("tiny"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def outside_env() -> dict[str, str]:
     """This process's environment without the session's Prefect, MLflow and project settings: for a
     command run the way a user runs it, which sets up its own project folder."""
