@@ -446,6 +446,30 @@ def _write_html(folder: Path, pages: list, sources: _Sources, planted: list) -> 
     _plant(planted, path, "pii", "kept with the e-mail and IPv4 addresses redacted", emails=emails, ipv4=ips)
 
 
+# html/ and warc/ take the Britannica article's first twenty paragraphs; from the 56th on, its
+# transcription is scanned page furniture and tables
+LATER_PARAGRAPHS = slice(20, 55)
+
+
+def later_articles(count: int, paragraphs_each: int = 4) -> list[tuple[str, str]]:
+    """`count` more web pages `(file name, HTML)` from prose paragraphs of the Britannica article the
+    sample corpus does not use (a list of plays or a date table is left out: curation would drop it
+    as too few words): the new documents a recurring crawl brings. The retrain tests and benchmark
+    add them to a copy of the corpus."""
+    paragraphs = [
+        p for p in _Sources.locate().britannica_paragraphs()[LATER_PARAGRAPHS]
+        if sum(bool(re.search("[A-Za-z]", w)) for w in p.split()) >= 0.9 * len(p.split())
+    ]
+    available = len(paragraphs) // paragraphs_each
+    if count > available:
+        raise SampleCorpusError(f"only {available} later articles of {paragraphs_each} paragraphs exist; asked for {count}")
+    layouts = ("news", "blog", "wiki")
+    return [
+        (f"later_{i:02d}.html", _boilerplate_page(layouts[i % 3], paragraphs[i * paragraphs_each : (i + 1) * paragraphs_each]))
+        for i in range(count)
+    ]
+
+
 def _boilerplate_page(layout: str, paragraphs: list[str]) -> str:
     """A real article wrapped in the navigation, banners and widgets of a typical commercial site."""
     site = html.escape({"news": "The Daily Quill", "blog": "Footlights & Folios", "wiki": "OpenStage Wiki"}[layout])

@@ -243,3 +243,31 @@ class PretrainSection(PretrainConfig):
     sample_prompts: list[str] = Field(
         default_factory=lambda: ["The river", "Le roi", "def main"], description="Prompts whose continuations are logged."
     )
+
+
+class RetrainConfig(Strict):
+    """Recurring retraining (`smolforge run retrain`): curate only the files that are new or changed
+    since the champion's corpora, continue pretraining the champion on them mixed with replay of the
+    earlier corpora, fine-tune, evaluate, and put both through the promotion gate."""
+
+    start: str | None = Field(
+        None,
+        description="Model to continue from (models:/name@alias, models:/name/version); null: the base model's `champion`.",
+    )
+    replay_share: float = Field(
+        0.25, ge=0, le=0.9, description="Share of the continued pretraining's sequences taken from earlier corpora (against forgetting)."
+    )
+    new_data_epochs: float = Field(2.0, gt=0, description="Times the new documents are read when the budget is set from them.")
+    steps: int | None = Field(None, gt=0, description="Optimizer steps of continued pretraining; null: from the new data (see new_data_epochs).")
+    min_steps: int = Field(10, ge=1, description="Fewest optimizer steps when the budget is set from the new data.")
+    max_steps: int = Field(200, ge=1, description="Most optimizer steps when the budget is set from the new data.")
+    warmup_steps: int = Field(5, ge=0, description="Re-warmup steps before the rate decays over the rest of the stage.")
+    lr_scale: float = Field(0.5, gt=0, le=1, description="Peak learning rate as a fraction of pretraining's.")
+    finetune_steps: int | None = Field(None, gt=0, description="Fine-tuning steps on the continued model; null: finetune.steps.")
+    replay_corpora: int | None = Field(None, ge=1, description="Replay only the most recent N earlier corpora; null: all of them.")
+
+    @model_validator(mode="after")
+    def _step_range(self) -> RetrainConfig:
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) is above max_steps ({self.max_steps})")
+        return self

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import xxhash
 from pydantic import BaseModel
+from transformers import AutoModelForCausalLM
 
 from smolforge.device import autocast_dtype, measure_peak_flops, pick_device
 from smolforge.models.architecture import build_model, check_vocab, count_parameters, flops_per_token, tokenizer_ids
@@ -99,11 +101,30 @@ def _report_resume(stage: str, step: int, checkpoint: Path, run_id: str | None) 
         client.set_tag(run_id, "smolforge.resumed_from", str(checkpoint))
 
 
+def _weights_folder(previous: Path | None) -> Path | None:
+    """The transformers folder to start from when `previous` is a model (a `model-import` or any
+    artifact with `model/` and no training `state/`), else None."""
+    if previous is None or (previous / "state").is_dir():
+        return None
+    return previous / "model"
+
+
+def tensors_hash(model: torch.nn.Module) -> str:
+    """One hash of every weight, by name: says which weights a run started from."""
+    digest = xxhash.xxh3_128()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def run_stage(
     spec: StageSpec, world: World = SINGLE, on_eval: Callable[[int, float], None] | None = None
 ) -> dict[str, Any]:
-    """Train one stage from the previous stage's weights and optimizer state (or from scratch), or
-    from this stage's own last checkpoint when an earlier attempt was interrupted. `on_eval(step,
+    """Train one stage from the previous stage's weights and optimizer state (or from scratch, or
+    from a model's weights with a fresh optimizer when `previous` is a model artifact: a retrain's
+    continued pretraining), or from this stage's own last checkpoint when an earlier attempt was
+    interrupted. `on_eval(step,
     val_loss)` is called after every evaluation (a sweep's pruner raises from it)."""
     import mlflow
 
@@ -113,7 +134,11 @@ def run_stage(
     plan = plan_stages(config, sources)[spec.stage_index]
     tokenizer = load_tokenizer(sources.tokenizer)
     device = _device(config, world)
-    model = build_model(config.model, **tokenizer_ids(tokenizer), seed=config.seed).to(device)
+    weights = _weights_folder(spec.previous)
+    if weights is not None:  # continued pretraining starts from a model's weights, not from a stage's state
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32, attn_implementation="sdpa").to(device)
+    else:
+        model = build_model(config.model, **tokenizer_ids(tokenizer), seed=config.seed).to(device)
     check_vocab(model.config, tokenizer)
     mtp = MTPHeads(model.config, config.mtp).to(device) if config.mtp.heads else None
     optimizer = build_optimizer(model, config.optimizer, extra_modules=[mtp] if mtp else [])
@@ -124,11 +149,13 @@ def run_stage(
         state = ckpt.load(resume, model, optimizer, mtp)
         if world.is_main:
             _report_resume(plan.name, state.step, resume, spec.run_id)
-    elif spec.previous is not None:  # continue from the previous stage's final state
+    elif spec.previous is not None and weights is None:  # continue from the previous stage's final state
         state = ckpt.load(ckpt.latest(spec.previous / "state"), model, optimizer, mtp)
         state.stage, state.stage_step, state.data_step = plan.name, 0, 0
-    else:
+    else:  # from scratch, or from the loaded weights with a fresh optimizer (and fresh MTP heads)
         state = ckpt.TrainState(stage=plan.name, seed=config.seed)
+    if weights is not None and resume is None:
+        state.extra["init"] = {"from": f"{spec.previous.parent.name}:{spec.previous.name}", "tensors": tensors_hash(model)}
 
     main = world.is_main and spec.run_id is not None
     if main:
@@ -141,6 +168,7 @@ def run_stage(
             "batch_size": config.batch_size,
             "grad_accum": config.grad_accum,
             "processes": world.size,
+            **({"init_from": str(weights)} if weights is not None else {}),
         }
         mlflow.log_params(flatten(params), run_id=spec.run_id)
         mlflow.log_dict(plan.summary(), "plan.json", run_id=spec.run_id)
@@ -188,6 +216,7 @@ def run_stage(
         "steps": state.step,
         "tokens": state.tokens,
         "rollbacks": state.rollbacks,
+        **({"init": state.extra["init"]} if "init" in state.extra else {}),
         "processes": world.size,
         "seconds": round(time.perf_counter() - started, 1),
         "mlflow_run_id": spec.run_id,
