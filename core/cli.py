@@ -70,7 +70,7 @@ def run(
     if flow not in FLOWS:
         _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
     cfg = _load_config(preset, config, set_)
-    if flow != "pipeline" and getattr(cfg, flow) is None:
+    if flow not in ("pipeline", "retrain") and getattr(cfg, flow) is None:  # retrain has defaults
         _fail(f"the {flow} flow needs a `{flow}` section in the config (--config FILE or --set {flow}=...)")
     # MLflow's own INFO lines (creating its tables on a first run) say nothing a user acts on; our
     # own log records (a stage resuming from a checkpoint) go to the Prefect UI beside the console.
@@ -93,7 +93,15 @@ def run(
     from smolforge.flows.results import PipelineResult
 
     try:
-        if flow == "pipeline":
+        if flow == "retrain":
+            from smolforge.flows.retrain import retrain
+
+            outcome = retrain(cfg)
+            _print_retrain(outcome)
+            if outcome.stages is None:
+                return
+            result = outcome.stages
+        elif flow == "pipeline":
             result = pipeline(cfg)
         else:
             alone = stage_flow(next(s for s in STAGES if s.name == flow), cfg.execution)(cfg)
@@ -103,6 +111,13 @@ def run(
     finally:
         _settle_events()
     _print_results(result, cfg.tracking.experiment, time.perf_counter() - started)
+
+
+def _print_retrain(outcome) -> None:
+    files = ", ".join(f"{n} {what}" for what, n in outcome.files.items())
+    console.print(f"retrain     from {outcome.start}: files {files}; {outcome.status}")
+    if outcome.stages is None:
+        console.print(f"            recorded in MLflow run {outcome.mlflow_run_id}")
 
 
 def _print_results(result, experiment: str, wall: float) -> None:
@@ -382,6 +397,9 @@ def _add_artifact(parent, node: dict) -> None:
         branch.add(f"curation (documents in->out): {steps}")
         sources = ", ".join(f"{name} {s['documents']} docs" for name, s in corpus["sources"].items())
         branch.add(f"sources: {sources}; {corpus['tokens']:,} tokens in all")
+    if "retrain_data" in node:
+        sources = ", ".join(f"{name} {s['documents']} docs" for name, s in node["retrain_data"].items())
+        branch.add(f"retrain data (new documents, then replay): {sources}")
     for item in node.get("inputs", []):
         _add_artifact(branch, item)
 

@@ -28,7 +28,7 @@ from smolforge.tasks.merge.check import check_counts
 from smolforge.tasks.merge.config import MergeConfig
 from smolforge.tasks.promote.config import PromoteConfig
 from smolforge.tasks.sweep.config import SweepConfig
-from smolforge.tasks.train.config import PretrainSection
+from smolforge.tasks.train.config import PretrainSection, RetrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "tiny"  # what `smolforge run` uses without --preset or --config
@@ -72,8 +72,12 @@ STAGES = (
     # a champion scored on other data is evaluated again (`evaluation`, its model as `model-import`)
     Stage("promote", "smolforge.flows.promote:promote_stage", artifacts=("model-import", "evaluation")),
 )
-FLOWS = ("pipeline", *(s.name for s in STAGES))
-ARTIFACT_KINDS = tuple(dict.fromkeys(kind for s in STAGES for kind in s.artifacts))
+# Retraining runs the stages again on new data, from the champion (flows/retrain.py); it is a flow
+# of its own, not a stage of the pipeline. Its own artifacts: the earlier corpora's dedup index
+# less changed and deleted files, and the data it trains on (new packed sources plus replay).
+RETRAIN = Stage("retrain", "smolforge.flows.retrain:retrain", artifacts=("dedup-index", "retrain-data"))
+FLOWS = ("pipeline", *(s.name for s in STAGES), RETRAIN.name)
+ARTIFACT_KINDS = tuple(dict.fromkeys(kind for s in (*STAGES, RETRAIN) for kind in s.artifacts))
 SWEEPABLE = tuple(s.name for s in STAGES if s.sweepable)
 
 
@@ -91,6 +95,13 @@ class PipelineConfig(Strict):
     evaluate: EvaluateConfig | None = Field(None, description="Evaluation of the pipeline's models (and others) on held-out data.")
     promote: PromoteConfig | None = Field(
         None, description="Champion/challenger promotion of the evaluated models through registry aliases."
+    )
+    retrain: RetrainConfig | None = Field(
+        None,
+        description=(
+            "Recurring retraining from the champion (`smolforge run retrain`, never part of the pipeline); "
+            "null: the defaults when the retrain flow runs."
+        ),
     )
     execution: ExecutionConfig = Field(
         default_factory=ExecutionConfig, description="How tasks run: the Prefect task runner and the CPU worker processes."

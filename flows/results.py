@@ -172,3 +172,17 @@ class PipelineResult(BaseModel):
     def stages(self) -> dict[str, StageResult]:
         """The results of the stages that ran, by name, in the order they ran."""
         return {name: getattr(self, name) for name in type(self).model_fields if isinstance(getattr(self, name), StageResult)}
+
+
+class RetrainResult(StageResult):
+    """A retrain: where it started (`start`, `name/version`), the files it found new, changed,
+    deleted and unchanged, and, unless it ended with `status` "no new data", what it made (`data`:
+    the new documents with replay) and the results of the stages it ran again (`stages`)."""
+
+    status: str  # "retrained" or "no new data"
+    start: str
+    files: dict[str, int]
+    corpora: list[str]  # the earlier corpora replayed, oldest first
+    new_corpus: str | None = None
+    data: ArtifactRef | None = None
+    stages: PipelineResult | None = None

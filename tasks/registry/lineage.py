@@ -5,7 +5,9 @@ the stage that made it; each run carries the Prefect flow run it ran in. Walking
 version's artifact gives: version -> the stage run that trained it -> its artifacts by key -> the
 model it started from, its teacher or its ingredients -> the corpus. The walk stops at a corpus
 and summarises it from `corpus.json` (documents in and out of each curation step, documents per
-source): the curation's own artifacts below it are listed by `smolforge artifacts`.
+source): the curation's own artifacts below it are listed by `smolforge artifacts`. A retrain's
+data stops the walk the same way: its sources (new documents and replay), then the corpora they
+came from.
 
 `smolforge lineage` prints the chain; registration logs it as `lineage.json` in the version's run,
 so the MLflow UI shows the same chain.
@@ -70,6 +72,18 @@ def artifact_lineage(store: ArtifactStore, ref: ArtifactRef, seen: set[str] | No
         node["source"] = source  # an imported model: the registry URI, folder or hub id it came from
     if ref.kind == "corpus":
         node["corpus"] = corpus_summary(ref.path)
+        return node
+    if ref.kind == "retrain-data":  # the new documents and the replay: its sources, then the corpora they came from
+        record = json.loads((ref.path / "corpus.json").read_text(encoding="utf-8"))
+        node["retrain_data"] = {
+            name: {"documents": s["train"]["n_docs"] + s["val"]["n_docs"], "tokens": s["train"]["n_tokens"] + s["val"]["n_tokens"]}
+            for name, s in record["sources"].items()
+        }
+        corpora = [store.get("corpus", key) for key in record.get("corpora", [])]
+        node["inputs"] = [
+            artifact_lineage(store, c, seen) if c is not None else {"kind": "corpus", "key": key, "missing": f"not in {store.root}"}
+            for c, key in zip(corpora, record.get("corpora", []))
+        ]
         return node
     node["inputs"] = []
     for item in manifest.get("inputs", []):
