@@ -13,7 +13,7 @@ config, so a task-vector merge's folder reads as its base's).
 A registry reference costs MLflow's import and its stores' start (~2 s of one core) before the
 registry answers. In a fresh process (the `smolforge generate` command) it is asked in a forked
 child, started before anything heavy is imported, while this process imports torch, transformers
-and the model code (~3 s): with a core to spare the lookup costs nothing to wait for, and forking
+and the model code (~4 s): with a core to spare the lookup costs nothing to wait for, and forking
 adds no imports of its own, so on a busy machine it costs no more than asking in turn (a spawned
 child re-imports the command: +0.7 s of CPU, slower than in turn when no core is free). A thread
 would not do: both sides are imports, which hold the GIL (tried: no gain). A process that has
