@@ -52,6 +52,7 @@ def build_chat_model(home: Path) -> Path:
 
     import mlflow
 
+    from smolforge import tracking
     from smolforge.environment import configure
     from smolforge.flows.config import load_config
     from smolforge.models.architecture import build_model, tokenizer_ids
@@ -69,7 +70,9 @@ def build_chat_model(home: Path) -> Path:
     model.generation_config.eos_token_id = turn_stop_ids(tokenizer)
     model.save_pretrained(folder)
     task, model_config = inference(True, tokenizer)
-    with mlflow.start_run(run_name="bench-generate"):
+    # An experiment of our own, as the stages log to: its artifacts go to the project folder's
+    # mlartifacts/ (removed at the end), where MLflow's default experiment would write ./mlruns.
+    with mlflow.start_run(experiment_id=tracking.experiment_id("bench-generate"), run_name="bench-generate"):
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer}, name="model", task=task,
             model_config=model_config, pip_requirements=pip_requirements(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,28 +72,65 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
 
 
-def _from_registry(spec: str, scratch: Path, setting: str) -> Path:
-    """A registered model (logged with the transformers flavor, as `smolforge.registry` does): its
-    folder holds `model/`; MLflow keeps the tokenizer in `components/tokenizer/`, put beside it."""
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A registered version's files, as the transformers flavor logs them (`smolforge.registry`)."""
+
+    folder: Path  # the transformers folder: config, weights, generation config
+    tokenizer: Path  # the tokenizer's folder: MLflow keeps it apart, in `components/tokenizer/`
+    task: str | None  # as it was registered (the MLmodel's metadata): `llm/v1/chat` or `llm/v1/completions`
+
+
+def registered_model(spec: str, scratch: Path, setting: str) -> RegisteredModel:
+    """The files a `models:/` (or `runs:/`) reference names. When the artifact store is a local
+    folder (the embedded store's, or any `file://` root) they are read where they are, never
+    written to: copying a model's weights out of it would cost a second copy of them on disk and
+    the time to write it. From any other store they are downloaded into `scratch`."""
     import mlflow
     from mlflow.exceptions import MlflowException
-
+    from mlflow.models import Model
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
     tracking._mlflow()  # the project's tracking URI, where the registry lives
     try:
-        registry_version(spec)  # a name, version or alias that does not exist: say what does
+        version = registry_version(spec)  # a name, version or alias that does not exist: say what does
     except ModelSourceError as exc:
         raise ModelSourceError(f"{setting}={exc}") from None
+    repository = None
+    if version is not None:
+        location = tracking.client().get_model_version_download_uri(version.name, version.version)
+        repository = get_artifact_repository(location)
+    if isinstance(repository, LocalArtifactRepository):
+        root = Path(repository.artifact_dir)
+    else:
+        try:
+            root = Path(mlflow.artifacts.download_artifacts(spec, dst_path=str(scratch)))
+        except MlflowException as exc:
+            raise ModelSourceError(
+                f"{setting}={spec!r}: not found in the MLflow registry at {mlflow.get_tracking_uri()}: {exc.message}"
+            ) from None
     try:
-        path = Path(mlflow.artifacts.download_artifacts(spec, dst_path=str(scratch)))
-    except MlflowException as exc:
-        raise ModelSourceError(
-            f"{setting}={spec!r}: not found in the MLflow registry at {mlflow.get_tracking_uri()}: {exc.message}"
-        ) from None
-    folder = model_folder(path)
-    tokenizer = path / "components" / "tokenizer"
-    if not (folder / "tokenizer.json").exists() and tokenizer.is_dir():
-        shutil.copytree(tokenizer, folder, dirs_exist_ok=True)
+        folder = model_folder(root)
+    except ModelSourceError as exc:  # files gone from the store, or a run's folder that holds no model
+        raise ModelSourceError(f"{setting}={spec!r}: {exc}") from None
+    tokenizer = root / "components" / "tokenizer"
+    if (folder / "tokenizer.json").exists() or not tokenizer.is_dir():
+        tokenizer = folder
+    task = (Model.load(root).metadata or {}).get("task") if (root / "MLmodel").is_file() else None
+    return RegisteredModel(folder, tokenizer, task)
+
+
+def _from_registry(spec: str, scratch: Path, setting: str) -> Path:
+    """A registered model as one folder, its tokenizer beside its weights, for `import_model` to copy
+    (files read in place from the artifact store are copied out first: the store is never written to)."""
+    download = scratch / "download"
+    download.mkdir()
+    found = registered_model(spec, download, setting)
+    folder = scratch / "model"
+    shutil.copytree(found.folder, folder)
+    if found.tokenizer != found.folder:
+        shutil.copytree(found.tokenizer, folder, dirs_exist_ok=True)
     return folder
 
 
