@@ -22,7 +22,7 @@ from smolforge.settings import apply_override, describe_errors, merge, read_yaml
 from smolforge.strict import Strict
 from smolforge.tasks.curate.config import CurateConfig
 from smolforge.tasks.distill.config import DistillConfig
-from smolforge.tasks.evaluate.config import EvaluateConfig
+from smolforge.tasks.evaluate.config import EVALUATION_TASKS, EvaluateConfig
 from smolforge.tasks.finetune.config import FinetuneConfig
 from smolforge.tasks.merge.check import check_counts
 from smolforge.tasks.merge.config import MergeConfig
@@ -161,6 +161,10 @@ class PipelineConfig(Strict):
                     f"evaluate has no model: none of evaluate.pipeline_models {self.evaluate.pipeline_models} is configured "
                     "and evaluate.models is empty"
                 )
+        if self.retrain is not None:
+            unknown = [t for t in self.retrain.evaluate_tasks if t not in EVALUATION_TASKS]
+            if unknown:
+                raise ValueError(f"retrain.evaluate_tasks: no evaluation task {unknown}; available: {', '.join(EVALUATION_TASKS)}")
         if self.promote is not None and self.evaluate is None:
             raise ValueError("promote decides on the evaluate stage's results, but evaluate is null (set promote=null too)")
         return self

@@ -146,12 +146,13 @@ def _delta_config(config: PipelineConfig, folders: dict[str, Path], tokenizer: P
 
 
 def _follow_up(config: PipelineConfig, rcfg: RetrainConfig) -> PipelineConfig:
-    """The stages after continued pretraining: fine-tuning (for `finetune_steps`), evaluation and
-    the gate; no distillation, sweep or merge."""
+    """The stages after continued pretraining: fine-tuning (for `finetune_steps`), evaluation (of
+    `evaluate_tasks`) and the gate; no distillation, sweep or merge."""
     finetune_cfg = config.finetune
     if rcfg.finetune_steps is not None:
         finetune_cfg = finetune_cfg.model_copy(update={"steps": rcfg.finetune_steps})
-    return config.model_copy(update={"distill": None, "sweep": None, "merge": None, "finetune": finetune_cfg})
+    evaluate_cfg = config.evaluate.model_copy(update={"tasks": list(rcfg.evaluate_tasks)})
+    return config.model_copy(update={"distill": None, "sweep": None, "merge": None, "finetune": finetune_cfg, "evaluate": evaluate_cfg})
 
 
 def _check_sections(config: PipelineConfig) -> RetrainConfig:

@@ -24,8 +24,6 @@ pytestmark = pytest.mark.slow
 
 NAMES = ("smolforge-base", "smolforge-chat")
 EDITED, DELETED = "boilerplate_blog.html", "boilerplate_news.html"  # both kept by the first curation
-# lm-evaluation-harness left out: four evaluations (two new models, two champions again) are most of a retrain
-CHEAPER = ["evaluate.tasks=[perplexity, chat]", "retrain.finetune_steps=20"]
 
 
 def _changed_copy(sample_corpus: Path, dest: Path) -> list[str]:
@@ -66,7 +64,7 @@ def test_a_retrain_reads_only_what_changed_starts_from_the_champion_and_then_fin
     tiny_pipeline, sample_corpus, tmp_path, restored_aliases
 ):
     new_pages = _changed_copy(sample_corpus, tmp_path / "data")
-    config = load_config("tiny", overrides=[f"curate.data_dir={tmp_path / 'data'}", "curate.sample_corpus=null", *CHEAPER])
+    config = load_config("tiny", overrides=[f"curate.data_dir={tmp_path / 'data'}", "curate.sample_corpus=null"])
     store = config.runtime().store
     champion = restored_aliases["smolforge-base"]["champion"]
 
@@ -105,7 +103,7 @@ def test_a_retrain_reads_only_what_changed_starts_from_the_champion_and_then_fin
     # nothing new since (against whichever champion the gate left): ends early, trains nothing
     versions = {name: _versions(name) for name in NAMES}
     config = load_config("tiny", overrides=[
-        f"curate.data_dir={tmp_path / 'data'}", "curate.sample_corpus=null", *CHEAPER,
+        f"curate.data_dir={tmp_path / 'data'}", "curate.sample_corpus=null",
         f"retrain.start=models:/smolforge-base/{result.stages.pretrain.registered.version}",
     ])
     state = retrain(config, return_state=True)

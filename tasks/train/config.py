@@ -264,6 +264,14 @@ class RetrainConfig(Strict):
     warmup_steps: int = Field(5, ge=0, description="Re-warmup steps before the rate decays over the rest of the stage.")
     lr_scale: float = Field(0.5, gt=0, le=1, description="Peak learning rate as a fraction of pretraining's.")
     finetune_steps: int | None = Field(None, gt=0, description="Fine-tuning steps on the continued model; null: finetune.steps.")
+    evaluate_tasks: list[str] = Field(
+        default_factory=lambda: ["perplexity", "chat"],
+        min_length=1,
+        description=(
+            "Evaluation tasks of the retrained models and of the champions evaluated again on the new held-out data: "
+            "the default gates read perplexity's bits_per_byte and chat's loss and ROUGE-L; add lm_eval for the full table."
+        ),
+    )
     replay_corpora: int | None = Field(None, ge=1, description="Replay only the most recent N earlier corpora; null: all of them.")
 
     @model_validator(mode="after")
