@@ -23,6 +23,7 @@ TABLES = {
     "merge.py": ["ratio to direct", "paired ratio stage/direct", "soup claim on held-out test records", "greedy soup"],
     "generate.py": ["first output on stdout", "process exit", "time to first token from the registry"],
     "cli.py": ["Start-up", "Re-run with nothing changed", "second/first: median"],
+    "retrain.py": ["Retrain against the first pipeline run", "retrain/pipeline: median"],
 }
 TEST = "test_quick_mode_completes_and_prints_its_tables"
 AT_ONCE = 2  # most of a quick run is process start-up, imports and Prefect's temporary server, which overlap
@@ -36,8 +37,9 @@ def quick_runs(request, tmp_path_factory, outside_env, sample_corpus):
 
     def run(script: str) -> subprocess.CompletedProcess:
         folder = tmp_path_factory.mktemp(script.removesuffix(".py"))
-        # the command-line bench's pipeline runs read the session's sample corpus instead of building one
-        extra = ["--data-dir", str(sample_corpus)] if script == "cli.py" else []
+        # the benches that curate read the session's sample corpus instead of building their own
+        extra = {"cli.py": ["--data-dir"], "retrain.py": ["--data-dir"], "curation.py": ["--corpus"]}.get(script, [])
+        extra = [*extra, str(sample_corpus)] if extra else []
         return subprocess.run(
             [sys.executable, str(BENCH / script), "--quick", *extra], cwd=folder, env={**outside_env, "TMPDIR": str(folder)},
             capture_output=True, text=True, timeout=1800,
