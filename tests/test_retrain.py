@@ -9,14 +9,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_pack import make_docs
 from transformers import AutoModelForCausalLM
 
 from smolforge import tracking
-from smolforge.artifacts import find_artifact
+from smolforge.artifacts import ArtifactRef, find_artifact
 from smolforge.flows.config import load_config
-from smolforge.flows.retrain import NO_NEW_DATA, RetrainError, retrain
-from smolforge.tasks.curate.incremental import corpus_file_table
+from smolforge.flows.retrain import NO_NEW_DATA, RetrainError, _check_tokenizers, retrain
+from smolforge.tasks.curate.incremental import corpus_file_table, tokenizer_fingerprint
 from smolforge.tasks.curate.sample_corpus import later_articles
+from smolforge.tasks.curate.tokenizer import train_tokenizer
 from smolforge.tasks.promote.registry import aliases
 from smolforge.tasks.train.stage import tensors_hash
 
@@ -118,3 +120,19 @@ def test_a_retrain_without_a_champion_says_to_run_the_pipeline_or_name_a_start(t
         retrain(load_config("tiny", overrides=["pretrain.register_as=nobody-base"]))
     with pytest.raises(RetrainError, match=r"retrain.start: models:/smolforge-base/99: smolforge-base has no version '99'"):
         retrain(load_config("tiny", overrides=["retrain.start=models:/smolforge-base/99"]))
+
+
+def test_a_corpus_packed_with_another_tokenizer_is_refused_naming_both(tmp_path):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    train_tokenizer((d.text for d in make_docs(200, seed=1)), vocab_size=300, out_dir=ours)
+    train_tokenizer((d.text.upper() for d in make_docs(200, seed=2)), vocab_size=300, out_dir=theirs)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text(json.dumps({"tokenizer": str(theirs)}))
+    ref = ArtifactRef(kind="corpus", key="c0ffee", uri=str(corpus))
+    _check_tokenizers(tokenizer_fingerprint(ours), "models:/b/1", [])  # nothing to replay: nothing to check
+    with pytest.raises(RetrainError) as refused:
+        _check_tokenizers(tokenizer_fingerprint(ours), "models:/b/1", [ref])
+    message = str(refused.value)
+    assert f"uses tokenizer {tokenizer_fingerprint(ours)}" in message
+    assert f"corpus c0ffee was packed with tokenizer {tokenizer_fingerprint(theirs)} ({theirs})" in message
