@@ -18,16 +18,14 @@ and SMOLFORGE_HOME are ignored: every run sets up its own project folder, as a n
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from quickmode import parse_args  # bench/, beside this script
+from commands import timed, user_env  # bench/, beside this script
+from quickmode import parse_args
 
 from smolforge.flows.config import STAGES
 
@@ -37,23 +35,6 @@ QUICK_SETTINGS = [
     "curate.sources=[{name: chat, kind: jsonl, path: 'jsonl/*.jsonl'}]",
     *(f"{stage.name}=null" for stage in STAGES if stage.name != "curate"),
 ]
-
-
-def _env(home: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SMOLFORGE_"))}
-    if home is not None:
-        env["SMOLFORGE_HOME"] = str(home)
-    return env
-
-
-def timed(command: list[str], env: dict[str, str]) -> float:
-    """Wall seconds of one process; its output is shown only when it fails."""
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return seconds
 
 
 def main() -> None:
@@ -70,10 +51,10 @@ def main() -> None:
     console = Console(width=150)
     startup: dict[str, list[float]] = {"python -c pass": [], "smolforge --help": []}
     commands = {"python -c pass": [sys.executable, "-c", "pass"], "smolforge --help": [str(SMOLFORGE), "--help"]}
-    timed(commands["smolforge --help"], _env())  # warm the file cache once, untimed
+    timed(commands["smolforge --help"], user_env())  # warm the file cache once, untimed
     for _ in range(args.help_runs):  # alternated: A B A B ...
         for name, command in commands.items():
-            startup[name].append(timed(command, _env()))
+            startup[name].append(timed(command, user_env())[0])
     table = Table(title=f"Start-up (wall s, {args.help_runs} runs each, alternated)")
     for column in ("command", "median s", "min s", "max s"):
         table.add_column(column, justify="left" if column == "command" else "right")
@@ -90,8 +71,8 @@ def main() -> None:
         home = Path(tempfile.mkdtemp(prefix="smolforge-bench-cli-")) / "new-project"
         try:
             console.print(f"repeat {repeat + 1}/{args.repeats}: first run in {home} ...")
-            first = timed(pipeline, _env(home))
-            second = timed(pipeline, _env(home))
+            first, _ = timed(pipeline, user_env(home))
+            second, _ = timed(pipeline, user_env(home))
         finally:
             shutil.rmtree(home.parent, ignore_errors=True)
         rows.append((first, second))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import shutil
 import statistics
 import subprocess
@@ -29,21 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-
-from quickmode import parse_args  # bench/, beside this script
+from commands import user_env  # bench/, beside this script
+from quickmode import parse_args
 from ratios import print_ratio_table
+from rich.console import Console
 
 SMOLFORGE = Path(sys.executable).parent / "smolforge"  # the console script of this environment
 TARGET_SECONDS = 5.0
 BASELINE = "python -c 'import torch, transformers'"
 QUESTION = "What does json.dumps do?"
-
-
-def _env(home: Path) -> dict[str, str]:
-    """A user's environment: only the project folder set, so every command finds its own store."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SMOLFORGE_"))}
-    return {**env, "SMOLFORGE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
 
 
 def build_chat_model(home: Path) -> Path:
@@ -110,7 +103,7 @@ def main() -> None:
     try:
         console.print(f"building and registering the tiny chat model in {home} ...")
         folder = build_chat_model(home)
-        env = _env(home)
+        env = {**user_env(home), "HF_HUB_OFFLINE": "1"}
         tokens = ["--max-new-tokens", str(args.max_new_tokens)]
         commands = {
             BASELINE: [sys.executable, "-c", "import torch, transformers; print('x')"],

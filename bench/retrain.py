@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from quickmode import parse_args  # bench/, beside this script
+from commands import timed, user_env  # bench/, beside this script
+from quickmode import parse_args
 
 SMOLFORGE = Path(sys.executable).parent / "smolforge"  # the console script of this environment
 TARGET = 0.25
@@ -44,21 +42,6 @@ QUICK_SETTINGS = [
     "finetune.steps=10",
     "evaluate.tasks=[perplexity, chat]",
 ]
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SMOLFORGE_"))}
-    return {**env, "SMOLFORGE_HOME": str(home), "COLUMNS": "200"}
-
-
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """(wall seconds, stdout) of one process; its output is shown when it fails."""
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return seconds, done.stdout
 
 
 def change_data(data: Path, articles: int) -> None:
@@ -115,10 +98,10 @@ def main() -> None:
             settings = [*args.settings, "curate.sample_corpus=null", f"curate.data_dir={data}"]
             flags = [a for s in settings for a in ("--set", s)]
             console.print(f"repeat {repeat + 1}/{args.repeats}: first run in {home} ...")
-            first, first_out = timed([str(SMOLFORGE), "run", "pipeline", "--preset", "tiny", *flags], _env(home))
+            first, first_out = timed([str(SMOLFORGE), "run", "pipeline", "--preset", "tiny", *flags], {**user_env(home), "COLUMNS": "200"})
             change_data(data, args.new_articles)
             console.print("retrain ...")
-            second, second_out = timed([str(SMOLFORGE), "run", "retrain", "--preset", "tiny", *flags], _env(home))
+            second, second_out = timed([str(SMOLFORGE), "run", "retrain", "--preset", "tiny", *flags], {**user_env(home), "COLUMNS": "200"})
             if "retrained" not in second_out:
                 sys.exit(f"the retrain trained nothing:\n{second_out[-3000:]}")
             facts = _retrain_facts(home)
