@@ -113,6 +113,11 @@ def _check_tokenizers(champion_fp: str, start: str, corpora: list[ArtifactRef]) 
             )
 
 
+def _folder(kind: str, uri: str) -> ArtifactRef:
+    """The artifact a corpus record names by its folder (`<store>/<kind>/<key>`)."""
+    return ArtifactRef(kind=kind, key=Path(uri).name, uri=uri)
+
+
 def _replay(corpora: list[ArtifactRef], table: dict, diff: FileDiff, runtime: Runtime) -> dict[str, ArtifactRef]:
     """Each earlier corpus's packed sources, without the documents of files changed or deleted since."""
     forgotten = diff.forgotten()
@@ -120,7 +125,7 @@ def _replay(corpora: list[ArtifactRef], table: dict, diff: FileDiff, runtime: Ru
     for corpus in corpora:
         record = json.loads((corpus.path / "corpus.json").read_text(encoding="utf-8"))
         for source, entry in record["sources"].items():
-            packed = ArtifactRef(kind="tokens", key=Path(entry["uri"]).name, uri=entry["uri"])
+            packed = _folder("tokens", entry["uri"])
             owned = {f"{source}/{rel}" for rel, f in table.get(source, {}).items() if f["corpus"] == corpus.key}
             drop = sorted(forgotten & owned)
             sources[replay_name(source, corpus.key)] = select_packed(packed, drop, runtime) if drop else packed
@@ -203,24 +208,22 @@ def retrain(config: PipelineConfig, upstream: PipelineResult | None = None, pare
         folders = link_files(diff.to_read(), runtime.store.root / ".work" / "retrain" / index.key)
         delta = curate(_delta_config(config, folders, champion_tokenizer, index), None, run_id)
         record = json.loads((delta.corpus.path / "corpus.json").read_text(encoding="utf-8"))
-        new = {f"{NEW}{s}": ArtifactRef(kind="tokens", key=Path(e["uri"]).name, uri=e["uri"]) for s, e in record["sources"].items()}
-        new_docs = sum(e.get("train", {}).get("n_docs", 0) + e.get("val", {}).get("n_docs", 0) for e in record["sources"].values())
         result.new_corpus = delta.corpus.key
-        if new_docs == 0:
+        if delta.corpus.manifest()["metrics"]["documents"] == 0:
             message = f"{NO_NEW_DATA}: every document of the {counts['new'] + counts['changed']} new and changed files was dropped by curation"
             tracking.set_tags({"smolforge.retrain.status": NO_NEW_DATA})
             print(f"retrain: {message}; nothing trained")
             result.seconds = round(time.perf_counter() - started, 1)
             return Completed(message=message, data=result)
 
-        tokenizer = ArtifactRef(kind="tokenizer", key=Path(record["tokenizer"]).name, uri=record["tokenizer"])
+        new = {f"{NEW}{source}": _folder("tokens", entry["uri"]) for source, entry in record["sources"].items()}
         sources = {**new, **_replay(corpora, table, diff, runtime)}
         lineage = [c.key for c in corpora] + [delta.corpus.key]
-        data = retrain_data(sources, tokenizer, updated_table(table, diff, delta.corpus.key), lineage, runtime)
+        data = retrain_data(sources, _folder("tokenizer", record["tokenizer"]), updated_table(table, diff, delta.corpus.key), lineage, runtime)
         result.data = data
-        section = continued_section(config.pretrain, rcfg, CorpusSources.from_corpus_json(data.path))
+        data_sources = CorpusSources.from_corpus_json(data.path)
         try:
-            (stage,) = plan_pretraining(section, CorpusSources.from_corpus_json(data.path))
+            (stage,) = plan_pretraining(continued_section(config.pretrain, rcfg, data_sources), data_sources)
         except ValueError as exc:
             raise RetrainError(f"retrain: {exc}") from None
         print(stage.plan.describe())
