@@ -40,6 +40,7 @@ PresetOption = Annotated[
     typer.Option(help=f"Preset: {', '.join(available_presets())}. \\[default: {DEFAULT_PRESET}; none when --config is given]"),
 ]
 ConfigOption = Annotated[Optional[Path], typer.Option(help="YAML file merged over the preset.")]
+FlowArgument = Annotated[str, typer.Argument(help=f"Which flow: {', '.join(FLOWS)}.")]
 SetOption = Annotated[list[str], typer.Option("--set", help="Override one setting: section.field=value (repeatable).")]
 
 
@@ -55,7 +56,7 @@ def _load_config(preset: str | None, config: Path | None, set_: list[str]):
 
 @app.command()
 def run(
-    flow: Annotated[str, typer.Argument(help=f"Which flow: {', '.join(FLOWS)}.")] = "pipeline",
+    flow: FlowArgument = "pipeline",
     preset: PresetOption = None,
     config: ConfigOption = None,
     set_: SetOption = [],
@@ -89,8 +90,9 @@ def run(
     quiet_task_runs_on_console()
 
     from smolforge.flows.config import STAGES
-    from smolforge.flows.pipeline import pipeline, stage_flow
+    from smolforge.flows.pipeline import pipeline
     from smolforge.flows.results import PipelineResult
+    from smolforge.flows.routing import stage_flow
 
     try:
         if flow == "retrain":
@@ -530,10 +532,128 @@ def ui(
     from smolforge.ui import serve
 
     home = configure()
+    from smolforge.deployments.stack import running
+
+    stack = running(home)
+    if stack is not None and os.environ.get("PREFECT_API_URL", "").startswith(stack.prefect):
+        console.print(f"the stack `smolforge up` started serves this folder: Prefect UI {stack.prefect}, MLflow UI {stack.mlflow}")
+        return
     try:
         serve(home, prefect_port, mlflow_port, console)
     except RuntimeError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def deploy(
+    gpu_pool: Annotated[str, typer.Option(help="Work pool of the training stages' deployments.")] = "gpu",
+    gpus: Annotated[int, typer.Option(min=1, help="Slots of the global `gpu` concurrency limit when it is created (the team's GPUs).")] = 1,
+) -> None:
+    """Create or update the work pools, the `gpu` limit and one deployment per flow on the Prefect server."""
+    from smolforge.environment import configure
+    from smolforge.errors import ConfigError
+
+    configure()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from smolforge.deployments.apply import deploy as apply_all
+
+    try:
+        changes = apply_all(gpu_pool=gpu_pool, gpus=gpus)
+    except ConfigError as exc:
+        _fail(str(exc))
+    table = Table("what", "action", "detail", title=f"deployed to {os.environ['PREFECT_API_URL']}")
+    for change in changes:
+        table.add_row(change.what, change.action, change.detail)
+    console.print(table)
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="Work pool to take flow runs from: cpu or gpu.")],
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Most flow runs at once. [default: gpu: one per GPU; cpu: no limit]")] = None,
+) -> None:
+    """Run a Prefect worker for one of the project's pools (flow runs execute in processes it starts)."""
+    from smolforge.environment import configure
+    from smolforge.errors import ConfigError
+
+    configure()
+    from smolforge.deployments.worker import default_limit, exec_worker
+
+    try:
+        exec_worker(pool, limit or default_limit(pool))
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def submit(
+    flow: FlowArgument = "pipeline",
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = [],
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish; exit 1 unless it completes.")] = False,
+) -> None:
+    """Create a run of FLOW's deployment with the whole config (preset, file, --set) for a worker to execute."""
+    from smolforge.environment import configure
+    from smolforge.errors import ConfigError
+
+    if flow not in FLOWS:
+        _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
+    cfg = _load_config(preset, config, set_)
+    configure()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from smolforge.deployments.submit import submit_run, wait_for
+
+    try:
+        run = submit_run(flow, cfg)
+    except ConfigError as exc:
+        _fail(str(exc))
+    console.print(f"submitted {run.name} ({run.id}) to {flow}/smolforge on pool {run.work_pool_name}")
+    console.print(f"  {run.url}")
+    if wait:
+        state = wait_for(run.id)
+        console.print(f"{run.name}: {state.type.value.lower()} {state.message or ''}".rstrip())
+        if not state.is_completed():
+            raise typer.Exit(1)
+
+
+@app.command()
+def up(
+    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow server.")] = 5000,
+    database_url: Annotated[
+        Optional[str], typer.Option(help="postgresql://user[:password]@host[:port]: one database per service on it. [default: SQLite files in the project folder]")
+    ] = None,
+) -> None:
+    """Start the team stack on 127.0.0.1 (Prefect and MLflow servers, a cpu and a gpu worker) and deploy every flow."""
+    from smolforge.environment import configure
+    from smolforge.errors import ConfigError
+
+    home = configure()
+    from smolforge.deployments.stack import up as start_stack
+
+    try:
+        stack = start_stack(home, prefect_port, mlflow_port, database_url, report=console.print)
+    except ConfigError as exc:
+        _fail(str(exc))
+    console.print(f"Prefect UI  {stack.prefect}   (deployments: run the pipeline from its form)")
+    console.print(f"MLflow UI   {stack.mlflow}")
+    console.print(f"[dim]workers: cpu and gpu; logs in {home / 'logs'}; `smolforge run`, `submit` and `ui` use this stack "
+                  "until `smolforge down`[/]")
+
+
+@app.command()
+def down() -> None:
+    """Stop the stack `smolforge up` started for this project folder (the processes it recorded)."""
+    from smolforge.environment import project_home
+    from smolforge.errors import ConfigError
+    from smolforge.deployments.stack import down as stop_stack
+
+    try:
+        stopped = stop_stack(project_home())
+    except ConfigError as exc:
+        _fail(str(exc))
+    console.print("stopped " + ", ".join(stopped))
 
 
 @app.command()

@@ -19,6 +19,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cuda_device_count() -> int:
+    """GPUs this process may use (CUDA_VISIBLE_DEVICES applies): a GPU worker's run limit."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
     """bf16 autocast on GPUs that support it; full precision on CPU, where autocast is slower."""
     if dtype == "float32":

@@ -3,7 +3,7 @@
 Everything lives in one project folder (default `./.smolforge`, or `$SMOLFORGE_HOME`): artifacts,
 the sample corpus, Prefect's database and results, MLflow's SQLite store and artifacts. Pointing
 `PREFECT_API_URL` or `MLFLOW_TRACKING_URI` at servers overrides the embedded defaults and changes
-nothing else. Prefect reads its settings at import, so `configure()` runs before Prefect is imported.
+nothing else; while `smolforge up` runs a stack for the folder, its servers are the default. Prefect reads its settings at import, so `configure()` runs before Prefect is imported.
 """
 
 from __future__ import annotations
@@ -16,21 +16,32 @@ def project_home() -> Path:
     return Path(os.environ.get("SMOLFORGE_HOME", ".smolforge")).resolve()
 
 
+OPTUNA_STORAGE_VAR = "SMOLFORGE_OPTUNA_STORAGE"  # the sweeps' default study storage (a database URL)
+
+
 def mlflow_tracking_uri(home: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
 
 
-def _running_ui_server(home: Path) -> str | None:
-    """The Prefect server `smolforge ui` started for this folder, if it is still answering."""
+STACK_FILE = "stack.json"  # the servers `smolforge up` started for this folder, while they run
+UI_FILE = "ui.json"  # the viewers `smolforge ui` started (a Prefect server over the embedded database)
+
+
+def running_servers(home: Path) -> dict[str, str] | None:
+    """The servers `smolforge up` (else `smolforge ui`) started for this folder, if the Prefect
+    server still answers: its URLs by service (`prefect`, and for the stack `mlflow`, `optuna`)."""
     import json
     import urllib.request
 
-    try:
-        url = json.loads((home / "ui.json").read_text(encoding="utf-8"))["prefect"]
-        with urllib.request.urlopen(f"{url}/api/health", timeout=0.5) as response:
-            return url if response.status == 200 else None
-    except (OSError, ValueError, KeyError):
-        return None
+    for name in (STACK_FILE, UI_FILE):
+        try:
+            servers = json.loads((home / name).read_text(encoding="utf-8"))
+            with urllib.request.urlopen(f"{servers['prefect']}/api/health", timeout=0.5) as response:
+                if response.status == 200:
+                    return {k: v for k, v in servers.items() if k in ("prefect", "mlflow", "optuna") and v}
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
 
 
 def configure(home: Path | None = None) -> Path:
@@ -47,11 +58,14 @@ def configure(home: Path | None = None) -> Path:
     # default 20 s limit then fails runs for no reason of their own.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    servers = running_servers(home) if "PREFECT_API_URL" not in os.environ else None
+    if servers:
+        os.environ["PREFECT_API_URL"] = f"{servers['prefect']}/api"
+        if "mlflow" in servers:
+            os.environ.setdefault("MLFLOW_TRACKING_URI", servers["mlflow"])
+        if "optuna" in servers:
+            os.environ.setdefault(OPTUNA_STORAGE_VAR, servers["optuna"])
     os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_tracking_uri(home))
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    if "PREFECT_API_URL" not in os.environ:
-        server = _running_ui_server(home)
-        if server:
-            os.environ["PREFECT_API_URL"] = f"{server}/api"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     return home

@@ -18,6 +18,11 @@ class ExecutionConfig(Strict):
     runner: Literal["local", "dask"] = Field("local", description="Prefect task runner: threads here, or a Dask cluster.")
     workers: int = Field(0, ge=0, description="Worker processes for CPU-bound steps (count); 0 means one per core.")
     dask_address: str | None = Field(None, description="Scheduler address (tcp://host:8786); null starts a local Dask cluster.")
+    gpu_pool: str | None = Field(
+        None,
+        description="Work pool whose workers have GPUs (`gpu` after `smolforge deploy`): the pipeline runs its training "
+        "stages as flow runs of their deployments there. Null trains in the pipeline's own process.",
+    )
 
     def cpu_workers(self) -> int:
         return self.workers or os.cpu_count() or 1

@@ -10,30 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from rich.console import Console
 
-from smolforge.environment import mlflow_tracking_uri
-
-HOST = "127.0.0.1"
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _bin(name: str) -> str:
-    """The console script installed beside this Python (the venv's, not whatever PATH finds first)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
+from smolforge.environment import UI_FILE, mlflow_tracking_uri
+from smolforge.processes import HOST, console_script, healthy, stop
 
 
 def start(home: Path, prefect_port: int, mlflow_port: int, timeout: float = 90) -> tuple[list[subprocess.Popen], dict[str, str]]:
@@ -45,11 +28,11 @@ def start(home: Path, prefect_port: int, mlflow_port: int, timeout: float = 90) 
     # project does not use.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     prefect = subprocess.Popen(
-        [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
+        [console_script("prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
         env=env, stdout=open(logs / "prefect-server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     mlflow = subprocess.Popen(
-        [_bin("mlflow"), "ui", "--backend-store-uri", mlflow_tracking_uri(home), "--host", HOST,
+        [console_script("mlflow"), "ui", "--backend-store-uri", mlflow_tracking_uri(home), "--host", HOST,
          "--port", str(mlflow_port), "--workers", "1"],
         env=env, stdout=open(logs / "mlflow-ui.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -60,7 +43,7 @@ def start(home: Path, prefect_port: int, mlflow_port: int, timeout: float = 90) 
     pending = set(checks)
     while pending and time.monotonic() < deadline:
         for name in list(pending):
-            if _healthy(checks[name]):
+            if healthy(checks[name]):
                 pending.discard(name)
         for proc, name in zip(procs, ("prefect", "mlflow")):
             if proc.poll() is not None and name in pending:
@@ -70,19 +53,8 @@ def start(home: Path, prefect_port: int, mlflow_port: int, timeout: float = 90) 
     if pending:
         stop(procs)
         raise RuntimeError(f"{', '.join(sorted(pending))} did not answer within {timeout:.0f} s; see {logs}")
-    (home / "ui.json").write_text(json.dumps({**urls, "pids": [p.pid for p in procs]}), encoding="utf-8")
+    (home / UI_FILE).write_text(json.dumps({**urls, "pids": [p.pid for p in procs]}), encoding="utf-8")
     return procs, urls
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -105,4 +77,4 @@ def serve(home: Path, prefect_port: int, mlflow_port: int, console: Console) -> 
         pass
     finally:
         stop(procs)
-        (home / "ui.json").unlink(missing_ok=True)
+        (home / UI_FILE).unlink(missing_ok=True)

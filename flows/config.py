@@ -42,6 +42,7 @@ class Stage(NamedTuple):
     flow: str
     sweepable: bool = False  # a sweep can optimise this stage's settings
     fans_out: bool = False  # submits many tasks at once: runs on the configured task runner (threads or Dask)
+    gpu: bool = False  # trains: its deployment serves the GPU work pool (`execution.gpu_pool`)
     artifacts: tuple[str, ...] = ()  # the kinds of artifact its steps write (`smolforge artifacts --kind`)
 
 
@@ -56,11 +57,11 @@ STAGES = (
             "extracted", "language", "quality", "pii", "minhash", "dedup_plan", "deduped", "tokenizer", "tokens", "corpus",
         ),
     ),
-    Stage("pretrain", "smolforge.flows.pretrain:pretrain", sweepable=True, artifacts=("pretrained",)),
+    Stage("pretrain", "smolforge.flows.pretrain:pretrain", sweepable=True, gpu=True, artifacts=("pretrained",)),
     # a teacher or base named by registry URI, folder or hub id is imported as a `model-import` artifact
-    Stage("distill", "smolforge.flows.distill:distill", sweepable=True, artifacts=("model-import", "teacher-topk", "distilled")),
-    Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True, artifacts=("model-4bit", "finetuned")),
-    Stage("sweep", "smolforge.flows.sweep:sweep", artifacts=("sweep-trial",)),
+    Stage("distill", "smolforge.flows.distill:distill", sweepable=True, gpu=True, artifacts=("model-import", "teacher-topk", "distilled")),
+    Stage("finetune", "smolforge.flows.finetune:finetune", sweepable=True, gpu=True, artifacts=("model-4bit", "finetuned")),
+    Stage("sweep", "smolforge.flows.sweep:sweep", gpu=True, artifacts=("sweep-trial",)),
     # ingredients and bases named by registry URI or folder are imported as `model-import` artifacts
     Stage(
         "merge",

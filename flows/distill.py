@@ -16,6 +16,7 @@ from smolforge.flows.config import PipelineConfig
 from smolforge.flows.curate import corpus_of
 from smolforge.flows.pretrain import pretrained_model
 from smolforge.flows.results import DistillInputs, DistillResult, PipelineResult, Registered
+from smolforge.flows.routing import gpu_slot
 from smolforge.model_source import model_folder, resolve
 from smolforge.tasks.curate.tokenizer import load_tokenizer
 from smolforge.tasks.distill.prefect_tasks import distill_stage, teacher_topk
@@ -65,7 +66,8 @@ def distill(config: PipelineConfig, upstream: PipelineResult | None = None, pare
     # the teacher counts by its artifact's key, not by the name it was given
     keyed = cfg.model_copy(update={"teacher": None})
     cached = distill_stage.existing(inputs.corpus, inputs.teacher, inputs.topk, keyed, runtime) is not None
-    student = distill_stage(inputs.corpus, inputs.teacher, inputs.topk, keyed, runtime)
+    with gpu_slot():
+        student = distill_stage(inputs.corpus, inputs.teacher, inputs.topk, keyed, runtime)
     lineage = {
         "smolforge.teacher_key": inputs.teacher.key,
         "smolforge.corpus_key": inputs.corpus.key,

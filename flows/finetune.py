@@ -19,6 +19,7 @@ from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
 from smolforge.flows.pretrain import pretrained_model
 from smolforge.flows.results import FinetuneInputs, FinetuneResult, PipelineResult, Registered
+from smolforge.flows.routing import gpu_slot
 from smolforge.model_source import resolve
 from smolforge.tasks.curate.prefect_tasks import sample_corpus_task
 from smolforge.tasks.finetune.adapters import check_against_model
@@ -70,7 +71,8 @@ def finetune(config: PipelineConfig, upstream: PipelineResult | None = None, par
     cfg = config.finetune
     runtime = config.runtime(parent_run_id)
     cached = finetune_stage.existing(inputs.base, inputs.data, cfg, runtime, inputs.quantized) is not None
-    tuned = finetune_stage(inputs.base, inputs.data, cfg, runtime, inputs.quantized)
+    with gpu_slot():
+        tuned = finetune_stage(inputs.base, inputs.data, cfg, runtime, inputs.quantized)
     metrics = tuned.manifest()["metrics"]
     lineage = {
         "smolforge.base_key": inputs.base.key,

@@ -1,9 +1,9 @@
 """The end-to-end pipeline flow: every stage of the composition (`flows.config.STAGES`) in order,
-each when its section is set, each handed the results of the stages before it."""
+each when its section is set, each handed the results of the stages before it (training stages on
+the GPU work pool when `execution.gpu_pool` is set: see `flows.routing`)."""
 
 from __future__ import annotations
 
-import importlib
 import time
 
 from prefect import flow
@@ -11,18 +11,10 @@ from prefect import flow
 from smolforge import tracking
 from smolforge.environment import project_home
 from smolforge.flows import replay
-from smolforge.flows.config import STAGES, PipelineConfig, Stage
+from smolforge.flows.config import STAGES, PipelineConfig
 from smolforge.flows.results import PipelineResult
+from smolforge.flows.routing import run_stage
 from smolforge.flows.sweep_objectives import check_sweep
-from smolforge.runners import task_runner_for
-from smolforge.runtime import ExecutionConfig
-
-
-def stage_flow(stage: Stage, execution: ExecutionConfig):
-    """The flow a stage names in the composition, on the configured task runner if it fans out."""
-    module, name = stage.flow.split(":")
-    run = getattr(importlib.import_module(module), name)
-    return run.with_options(task_runner=task_runner_for(execution)) if stage.fans_out else run
 
 
 @flow(name="pipeline", log_prints=True)
@@ -37,7 +29,7 @@ def pipeline(config: PipelineConfig) -> PipelineResult:
         for stage in STAGES:
             if getattr(config, stage.name) is None:
                 continue
-            setattr(result, stage.name, stage_flow(stage, config.execution)(config, result, parent.info.run_id))
+            setattr(result, stage.name, run_stage(stage, config, result, parent.info.run_id))
         # stages that trained nothing made no run of their own: say which earlier runs hold them
         tracking.set_tags({
             f"smolforge.reused.{name}": r.mlflow_run_id for name, r in result.stages.items() if r.cached and r.mlflow_run_id

@@ -15,6 +15,7 @@ from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
 from smolforge.flows.curate import corpus_of
 from smolforge.flows.results import PipelineResult, PretrainInputs, PretrainResult, Registered
+from smolforge.flows.routing import gpu_slot
 from smolforge.tasks.registry.register import register_model
 from smolforge.tasks.train.data import CorpusSources
 from smolforge.tasks.train.prefect_tasks import PlannedStage, plan_pretraining, pretrain_stage
@@ -69,9 +70,10 @@ def pretrain(config: PipelineConfig, upstream: PipelineResult | None = None, par
     with tracking.run("pretrain", config.tracking.experiment, parent_run_id, tags={"smolforge.corpus_key": corpus.key}) as run:
         runtime = config.runtime(run.info.run_id)
         previous, results = None, []
-        for i, stage in enumerate(stages):
-            previous = pretrain_stage(corpus, previous, i, stage.config, stage.rates, stage.start, runtime)
-            results.append(previous.manifest()["metrics"])
+        with gpu_slot():
+            for i, stage in enumerate(stages):
+                previous = pretrain_stage(corpus, previous, i, stage.config, stage.rates, stage.start, runtime)
+                results.append(previous.manifest()["metrics"])
         registered = register_model(previous, cfg.register_as, lineage)
     return PretrainResult(
         model=previous, inputs=inputs, stages=results, registered=Registered(**registered), mlflow_run_id=run.info.run_id,

@@ -29,6 +29,7 @@ from smolforge.environment import project_home
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
 from smolforge.flows.results import PipelineResult, SweepResult
+from smolforge.flows.routing import gpu_slot
 from smolforge.flows.sweep_objectives import OBJECTIVES, TrialWork, check_sweep, study_name, timed, trial_config
 from smolforge.runtime import Runtime
 from smolforge.tasks.sweep.report import close_abandoned_runs, keep_best, log_report
@@ -218,7 +219,8 @@ def sweep(config: PipelineConfig, upstream: PipelineResult | None = None, parent
         )
         runtime = config.runtime(run.info.run_id)
         started = time.perf_counter()
-        records = _run_trials(config, refs, url, name, study, runtime)
+        with gpu_slot():
+            records = _run_trials(config, refs, url, name, study, runtime)
         trials_done = time.perf_counter()
         close_abandoned_runs(study)
         kept = keep_best(study, cfg.keep, runtime.store)

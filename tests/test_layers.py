@@ -1,6 +1,6 @@
 """The layers hold: `lint-imports` checks the contracts in pyproject.toml, and fails on an upward import.
 
-The installed package maps folders (`core/`, `flows/`, `tasks/`, `models/`) onto one import root,
+The installed package maps folders (`core/`, `deployments/`, `flows/`, `tasks/`, `models/`) onto one import root,
 which import-linter cannot walk; the test lays the same tree out with links in a temporary folder
 and runs `lint-imports` on it, so it checks exactly the files of this checkout.
 """
@@ -21,7 +21,7 @@ def _package_tree(dest: Path, copy: tuple[str, ...] = ()) -> Path:
     package.mkdir(parents=True)
     for entry in (ROOT / "core").iterdir():
         (package / entry.name).symlink_to(entry)
-    for folder in ("flows", "tasks", "models"):
+    for folder in ("deployments", "flows", "tasks", "models"):
         if folder in copy:
             shutil.copytree(ROOT / folder, package / folder, ignore=shutil.ignore_patterns("__pycache__"))
         else:

@@ -37,14 +37,16 @@ class Gate(Strict):
         None, description="Absolute limit on the primary metric for a first promotion, in its unit; null: none."
     )
     guards: list[Guard] = Field(default_factory=list, description="Metrics that may not get worse by more than their tolerance.")
-    required: list[str] = Field(
+    # not `required`: Prefect drops every key of that name from a deployment's parameter schema when
+    # it validates the defaults, and would then refuse the gate's own setting as unknown
+    required_metrics: list[str] = Field(
         default_factory=list,
         description="More metrics both evaluations must hold (the primary and guard metrics always must).",
     )
 
     def metrics(self) -> list[str]:
         """Every metric this gate reads, primary first."""
-        return list(dict.fromkeys([self.metric, *(g.metric for g in self.guards), *self.required]))
+        return list(dict.fromkeys([self.metric, *(g.metric for g in self.guards), *self.required_metrics]))
 
 
 # Bits per byte compares any two models (whatever their tokenizers); 8 is a uniform guess over

@@ -15,6 +15,7 @@ A complete trial's model becomes a `sweep-trial` artifact; the flow later keeps 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from smolforge.artifacts import stable_hash
+from smolforge.environment import OPTUNA_STORAGE_VAR
 from smolforge.tasks.sweep.config import SweepConfig
 from smolforge.tasks.sweep.space import Choice, FloatRange, IntRange
 
@@ -39,7 +41,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 def default_storage(home: Path) -> str:
-    return f"sqlite:///{home / 'optuna.db'}"
+    """The team stack's Optuna database while one runs (see `smolforge up`), else a SQLite file."""
+    return os.environ.get(OPTUNA_STORAGE_VAR) or f"sqlite:///{home / 'optuna.db'}"
 
 
 def storage_for(cfg: SweepConfig, url: str) -> optuna.storages.RDBStorage:
