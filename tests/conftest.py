@@ -48,6 +48,15 @@ def tiny_pipeline(sample_corpus) -> dict:
 
 
 @pytest.fixture(scope="session")
+def stack(tiny_pipeline, session_home, outside_env):
+    """`smolforge up` on the session's project folder, shared by the tests of the team stack and
+    stopped (and checked to be gone) at the end of the session: see tests/stack_fixtures.py."""
+    from stack_fixtures import start_stack
+
+    yield from start_stack(session_home, outside_env)
+
+
+@pytest.fixture(scope="session")
 def outside_env() -> dict[str, str]:
     """This process's environment without the session's Prefect, MLflow and project settings: for a
     command run the way a user runs it, which sets up its own project folder."""

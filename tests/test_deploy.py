@@ -2,41 +2,23 @@
 127.0.0.1 for the session's project folder (where the tiny pipeline already ran, so every flow run
 here comes from the cache), `deploy` is idempotent, `submit` creates runs that the workers execute,
 the training stages run on the `gpu` pool's worker, a one-minute schedule fires, and `down` stops
-what `up` started. Bad input first: each refused with a clear message before anything starts."""
+what `up` started (the session's `stack` fixture, tests/stack_fixtures.py). Bad input first: each
+refused with a clear message before anything starts."""
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
+from stack_fixtures import cli as _cli
+from stack_fixtures import free_port as _free_port
+from stack_fixtures import user_env as _user_env
 
 pytestmark = pytest.mark.slow
-
-SMOLFORGE = Path(sys.executable).parent / "smolforge"
-FAST = {  # the scheduler and the workers look every few seconds instead of every minute / 10 s
-    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
-    "PREFECT_WORKER_QUERY_SECONDS": "2",
-    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cli(env: dict, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(SMOLFORGE), *args], env=env, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert done.returncode == 0, f"smolforge {' '.join(args)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
 
 
 def _api(stack: dict, path: str, body: dict | None = None):
@@ -46,10 +28,6 @@ def _api(stack: dict, path: str, body: dict | None = None):
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read() or b"null")
-
-
-def _user_env(outside_env: dict, home: Path) -> dict:
-    return {**outside_env, **FAST, "SMOLFORGE_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"}
 
 
 def test_deploy_without_a_server_says_how_to_start_one(outside_env, tmp_path):
@@ -80,28 +58,6 @@ def test_up_refuses_a_taken_port_and_a_database_that_does_not_answer(outside_env
     assert f"cannot connect to the database server postgresql://nobody:***@127.0.0.1:{closed}" in done.stdout
     assert "secret" not in done.stdout
     assert not (home / "stack.json").exists() and not (home / "logs").exists()  # nothing was started
-
-
-@pytest.fixture(scope="module")
-def stack(tiny_pipeline, session_home, outside_env):
-    """The stack on the session's project folder, up for the module; stopped by `down` at the end
-    (and by its recorded PIDs if a test left it half-way)."""
-    env = _user_env(outside_env, session_home)
-    ports = (_free_port(), _free_port())
-    started = time.monotonic()
-    up = _cli(env, "up", "--prefect-port", str(ports[0]), "--mlflow-port", str(ports[1]))
-    state = json.loads((session_home / "stack.json").read_text())
-    try:
-        yield {**state, "env": env, "up": up.stdout, "up_seconds": time.monotonic() - started}
-    finally:
-        if (session_home / "stack.json").exists():
-            down = _cli(env, "down", check=False)
-            for pid in state["pids"].values():  # whatever `down` could not stop
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            assert down.returncode == 0, down.stdout + down.stderr
 
 
 def test_up_deploys_one_deployment_per_flow_with_the_config_form(stack):
@@ -212,14 +168,6 @@ def test_a_one_minute_schedule_produces_a_completed_run(stack, session_home):
     assert completed[0]["auto_scheduled"] is True
 
 
-def test_ui_points_at_the_stack_and_down_stops_everything(stack, session_home):
+def test_ui_points_at_the_stack(stack):
     ui = _cli(stack["env"], "ui", timeout=120)
     assert f"Prefect UI {stack['prefect']}" in ui.stdout
-    down = _cli(stack["env"], "down")
-    assert all(name in down.stdout for name in ("prefect-server", "mlflow-server", "worker-cpu", "worker-gpu"))
-    assert not (session_home / "stack.json").exists()
-    for pid in stack["pids"].values():
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-    again = _cli(stack["env"], "down", check=False)
-    assert again.returncode == 2 and "no stack runs" in again.stdout

@@ -15,9 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
+from stack_fixtures import cli as _cli
+from stack_fixtures import free_port as _free_port
+from stack_fixtures import user_env as _user_env
 from test_cli_runs import small_run
-from test_deploy import _cli, _free_port, _user_env
 
 pytestmark = pytest.mark.slow
 
