@@ -40,7 +40,13 @@ def experiment_id(name: str) -> str:
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         location = (project_home() / "mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    try:
+        return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        # two runs starting at once on a tracking server (two workers): the other created it first
+        return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def prefect_tags() -> dict[str, str]:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,23 +25,27 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """A throwaway cluster owned by the `postgres` user, trusting local connections; its URL."""
+def postgres():
+    """A throwaway cluster owned by the `postgres` user, trusting local connections; its URL. It
+    lives outside pytest's temporary folders, which only root may enter."""
     binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not binaries or shutil.which("runuser") is None:
         pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
     bin_dir = Path(binaries[-1]).parent
-    data = tmp_path_factory.mktemp("postgres") / "data"
-    data.parent.chmod(0o777)
+    root = Path(tempfile.mkdtemp(prefix="smolforge-postgres-"))
+    root.chmod(0o777)
+    data = root / "data"
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "smolforge", "--auth=trust"],
-                   check=True, capture_output=True, timeout=120)
+    made = subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "smolforge", "--auth=trust"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert made.returncode == 0, made.stdout + made.stderr
     port = _free_port()
-    server = subprocess.Popen(
-        [*as_postgres, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
-         "-k", str(data), "-c", "max_connections=200"],
-        stdout=subprocess.DEVNULL, stderr=open(data.parent / "postgres.log", "wb"), start_new_session=True,
-    )
+    with open(root / "postgres.log", "wb") as log:
+        server = subprocess.Popen(
+            [*as_postgres, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
+             "-k", str(root), "-c", "max_connections=200"],
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -52,6 +57,7 @@ def postgres(tmp_path_factory):
     finally:
         os.killpg(server.pid, signal.SIGINT)  # a fast shutdown
         server.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_pipelines_at_once_and_a_parallel_sweep_on_postgres(postgres, sample_corpus, outside_env, tmp_path):
