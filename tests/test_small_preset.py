@@ -60,11 +60,13 @@ def test_small_budgets_fit_the_documented_corpus_and_not_a_smaller_one(tmp_path)
         plan_stages(cfg.pretrain, corpus(tmp_path, half, cfg.curate.tokenizer.vocab_size))
 
 
-# Budgets cut to two steps of one 64-token sequence; the model, tokenizer size and sources are the
-# preset's. float32: bf16 autocast on a CPU without bf16 matmuls made each forward of the 30 layers
+# Budgets cut to two steps of one 64-token sequence, and the depth to two of the 30 layers (the
+# meta-device test above covers the full shape; 30 layers on a CPU made this test take minutes);
+# the width, heads, tokenizer size and sources are the preset's. float32: bf16 autocast on a CPU without bf16 matmuls made each forward of the 30 layers
 # about ten times slower (measured); compile is the GPU run's choice, worth it only for long runs.
 SMOKE = [
     "pretrain.batch_size=1",
+    "pretrain.model.num_layers=2",
     "pretrain.grad_accum=1",
     "pretrain.stages=[{name: stable, steps: 2, seq_len: 64, mixture: {web: 0.6, crawl: 0.1, pdfs: 0.1, books: 0.1, chat: 0.1}}]",
     "pretrain.schedule.warmup_steps=0",
