@@ -98,7 +98,7 @@ def test_two_pipelines_at_once_and_a_parallel_sweep_on_postgres(postgres, sample
 
         sweep = (
             "sweep={stage: pretrain, trials: 2, parallel: 2, keep: 0, pruner: none, "
-            "space: {pretrain.optimizer.lr: float 1e-3..1e-2 log}, fixed: {pretrain.stages.0.steps: 8}}"
+            "space: {pretrain.optimizer.lr: float 1e-3..1e-2 log}, fixed: {pretrain.stages.0.steps: 8, pretrain.schedule.warmup_steps: 2}}"
         )
         done = _cli(env, "submit", "sweep", *settings, "--set", sweep, "--wait")
         assert done.stdout.strip().splitlines()[-1].endswith("completed"), done.stdout + _worker_logs(home)
