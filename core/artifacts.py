@@ -63,7 +63,7 @@ def local_folder(uri: str) -> Path:
     if "://" not in uri:
         return Path(uri)
     url, kind, key = uri.rsplit("/", 2)
-    store = store_at(url, project_home())
+    store = store_at(url)
     folder = store.path(kind, key)
     if folder not in _checked_copies or not (folder / MANIFEST).is_file():
         problem = store.problem(kind, key)
@@ -185,12 +185,12 @@ def cache_folder(home: Path, url: str) -> Path:
     return home / "cache" / "artifacts" / hashlib.blake2b(url.encode(), digest_size=6).hexdigest()
 
 
-def store_at(location: str, home: Path) -> ArtifactStore:
+def store_at(location: str, home: Path | None = None) -> ArtifactStore:
     """The store at `location`: a folder (or `file://` URL), or a remote fsspec URL read through a
-    local copy under `home`."""
+    local copy under `home` (default: this process's project folder)."""
     if is_remote(location):
         url = location.rstrip("/")
-        return ArtifactStore(cache_folder(home, url), url=url)
+        return ArtifactStore(cache_folder(home or project_home(), url), url=url)
     return ArtifactStore(Path(location.removeprefix("file://")))
 
 
@@ -202,7 +202,7 @@ def project_store(home: Path) -> ArtifactStore:
 def store_of(ref: ArtifactRef) -> ArtifactStore:
     """The store `ref` lives in (its inputs are found beside it)."""
     if "://" in ref.uri:
-        return store_at(ref.uri.rsplit("/", 2)[0], project_home())
+        return store_at(ref.uri.rsplit("/", 2)[0])
     return ArtifactStore(Path(ref.uri).parent.parent)
 
 
@@ -283,6 +283,9 @@ class ArtifactStore:
         return None
 
     def _fetch(self, kind: str, key: str) -> str | None:
+        """Check the remote artifact's files by size (one listing), then bring this machine's copy
+        in line with its manifest: only files missing here or failing their hash are downloaded,
+        each checked before it replaces anything."""
         fs, _ = self._remote
         remote = self._remote_folder(kind, key)
         try:
@@ -298,9 +301,11 @@ class ArtifactStore:
                 found = "is missing" if name not in sizes else f"has {sizes[name]} bytes, manifest says {meta['size']}"
                 return f"file {name} {found} in {self.url}/{kind}/{key}"
         folder = self.path(kind, key)
+        folder.mkdir(parents=True, exist_ok=True)
+        tag = f".part-{os.getpid()}-{threading.get_ident()}"  # two threads may fetch one artifact
         stale = [name for name, meta in files.items() if _file_problem(folder / name, name, meta) is not None]
         if stale:
-            tag = f".part-{os.getpid()}-{threading.get_ident()}"
+            (folder / MANIFEST).unlink(missing_ok=True)  # the copy is not read while it is mended
             parts = [folder / f"{name}{tag}" for name in stale]
             for part in parts:
                 part.parent.mkdir(parents=True, exist_ok=True)
@@ -314,8 +319,8 @@ class ArtifactStore:
                 for part in parts:
                     part.unlink(missing_ok=True)
         # the copy's manifest last, as on the remote: a copy without one is never read
-        (folder / f"{MANIFEST}.part").write_bytes(raw)
-        os.replace(folder / f"{MANIFEST}.part", folder / MANIFEST)
+        (folder / f"{MANIFEST}{tag}").write_bytes(raw)
+        os.replace(folder / f"{MANIFEST}{tag}", folder / MANIFEST)
         _checked_copies.add(folder)
         return None
 

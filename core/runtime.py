@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from smolforge.artifacts import ArtifactStore, store_at
-from smolforge.environment import artifacts_location, project_home
+from smolforge.environment import artifacts_location
 from smolforge.strict import Strict
 
 
@@ -38,7 +38,7 @@ class Runtime(BaseModel):
 
     @property
     def store(self) -> ArtifactStore:
-        return store_at(self.root, project_home())
+        return store_at(self.root)
 
 
 def runtime_for(

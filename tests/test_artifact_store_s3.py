@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from smolforge.artifacts import ArtifactError, find_artifact, store_at
+from smolforge.artifacts import ArtifactError, find_artifact, local_folder, store_at
 from smolforge.errors import ConfigError
 from smolforge.runtime import Runtime
 from smolforge.steps import artifact_step
+from smolforge.tasks.curate.tokenizer import load_tokenizer
+from smolforge.tasks.train.data import CorpusSources
 
 MOTO = Path(sys.executable).parent / "moto_server"
 SMOLFORGE = Path(sys.executable).parent / "smolforge"
@@ -194,7 +196,7 @@ def _smolforge(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_the_curate_flow_runs_on_s3_and_a_second_host_takes_it_from_the_cache(s3, sample_corpus, outside_env, tmp_path):
+def test_the_curate_flow_runs_on_s3_and_a_second_host_takes_it_from_the_cache(s3, sample_corpus, outside_env, tmp_path, monkeypatch):
     fs, url = s3
     remote = url.removeprefix("s3://")
     env = {
@@ -230,3 +232,10 @@ def test_the_curate_flow_runs_on_s3_and_a_second_host_takes_it_from_the_cache(s3
 
     listed = _smolforge(env, "artifacts", "--kind", "corpus")
     assert listed.returncode == 0 and key in listed.stdout and url in listed.stdout
+
+    # what pretraining on a third host reads: the corpus record names its token shards and tokenizer
+    # by their URLs in the bucket, and each comes through that host's checked copy
+    monkeypatch.setenv("SMOLFORGE_HOME", str(tmp_path / "gpu-host"))
+    sources = CorpusSources.from_corpus_json(local_folder(f"{url}/corpus/{key}"))
+    assert sources["chat"].folder.is_relative_to(tmp_path / "gpu-host") and sources.eos_id >= 0
+    assert Path(sources.tokenizer).is_relative_to(tmp_path / "gpu-host") and load_tokenizer(sources.tokenizer).vocab_size > 256
