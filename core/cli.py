@@ -79,6 +79,7 @@ def run(
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "smolforge")
     home = configure()
     console.print(f"[dim]project folder {home}[/]")
+    _check_store(home, flows=True)
     if flow == "pipeline":
         from smolforge.flows.replay import replay
 
@@ -113,6 +114,22 @@ def run(
     finally:
         _settle_events()
     _print_results(result, cfg.tracking.experiment, time.perf_counter() - started)
+
+
+def _check_store(home, flows: bool = False) -> None:
+    """Refuse a remote artifact store that cannot be used (no credentials, no bucket) before any
+    work; before `flows` run, save the Prefect block their results go to beside it."""
+    from smolforge.artifacts import project_store
+    from smolforge.errors import ConfigError
+
+    try:
+        project_store(home).check()
+    except ConfigError as exc:
+        _fail(str(exc))
+    if flows:
+        from smolforge.steps import save_result_storage
+
+        save_result_storage()
 
 
 def _print_retrain(outcome) -> None:
@@ -319,17 +336,18 @@ def _where_to_look(result, experiment: str, wall: float) -> None:
 @app.command()
 def artifacts(kind: Annotated[Optional[str], typer.Option(help=f"Only this kind: {', '.join(ARTIFACT_KINDS)}.")] = None) -> None:
     """List artifacts with their size, age and lineage (the artifacts they were made from)."""
-    from smolforge.artifacts import ArtifactStore
+    from smolforge.artifacts import project_store
     from smolforge.environment import project_home
 
     if kind is not None and kind not in ARTIFACT_KINDS:
         _fail(f"unknown artifact kind {kind!r}; the kinds are: {', '.join(ARTIFACT_KINDS)}")
-    store = ArtifactStore(project_home() / "artifacts")
+    _check_store(project_home())
+    store = project_store(project_home())
     rows = [r for r in store.list() if kind is None or r.get("kind") == kind]
     if not rows:
-        console.print(f"no artifacts under {store.root}")
+        console.print(f"no artifacts under {store.location}")
         return
-    table = Table(title=f"artifacts in {store.root}", title_justify="left")
+    table = Table(title=f"artifacts in {store.location}", title_justify="left")
     for col in ("kind", "key", "size", "created", "made from"):
         table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col == "key")
     for r in rows:
@@ -347,12 +365,14 @@ def lineage(
     as_json: Annotated[bool, typer.Option("--json", help="Print the chain as JSON (as logged in the run's lineage.json).")] = False,
 ) -> None:
     """The chain from a model back to the raw data: version, stage run, artifacts, the models it came from, the corpus."""
-    from smolforge.artifacts import ArtifactStore
+    from smolforge.artifacts import project_store
     from smolforge.environment import configure
     from smolforge.errors import ConfigError
     from smolforge.tasks.registry.lineage import lineage as read_lineage
 
-    store = ArtifactStore(configure() / "artifacts")
+    home = configure()
+    _check_store(home)
+    store = project_store(home)
     try:
         chain = read_lineage(model, store)
     except ConfigError as exc:
@@ -553,11 +573,14 @@ def deploy(
     from smolforge.environment import configure
     from smolforge.errors import ConfigError
 
-    configure()
+    home = configure()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from smolforge.deployments.apply import deploy as apply_all
+    from smolforge.deployments.apply import server_url
 
     try:
+        server_url()
+        _check_store(home, flows=True)  # the runs' result storage must exist before a worker starts one
         changes = apply_all(gpu_pool=gpu_pool, gpus=gpus)
     except ConfigError as exc:
         _fail(str(exc))
@@ -576,10 +599,12 @@ def worker(
     from smolforge.environment import configure
     from smolforge.errors import ConfigError
 
-    configure()
-    from smolforge.deployments.worker import default_limit, exec_worker
+    home = configure()
+    from smolforge.deployments.worker import check_pool, default_limit, exec_worker
 
     try:
+        check_pool(pool)
+        _check_store(home, flows=True)
         exec_worker(pool, limit or default_limit(pool))
     except ConfigError as exc:
         _fail(str(exc))
@@ -600,11 +625,14 @@ def submit(
     if flow not in FLOWS:
         _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
     cfg = _load_config(preset, config, set_)
-    configure()
+    home = configure()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from smolforge.deployments.apply import server_url
     from smolforge.deployments.submit import submit_run, wait_for
 
     try:
+        server_url()
+        _check_store(home, flows=True)
         run = submit_run(flow, cfg)
     except ConfigError as exc:
         _fail(str(exc))
@@ -681,7 +709,7 @@ def generate(
     ] = None,
 ) -> None:
     """Answer PROMPT with a model, streaming the text to stdout as it is generated."""
-    from smolforge.artifacts import ArtifactStore
+    from smolforge.artifacts import project_store
     from smolforge.environment import configure
     from smolforge.errors import ConfigError
     from smolforge.tasks.serve.generate import Sampling, generate_from
@@ -694,7 +722,7 @@ def generate(
     home = configure()
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     try:
-        generate_from(model_uri, prompt, ArtifactStore(home / "artifacts"), sampling, chat)
+        generate_from(model_uri, prompt, project_store(home), sampling, chat)
     except ConfigError as exc:
         _fail(str(exc))
 

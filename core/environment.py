@@ -3,11 +3,15 @@
 Everything lives in one project folder (default `./.smolforge`, or `$SMOLFORGE_HOME`): artifacts,
 the sample corpus, Prefect's database and results, MLflow's SQLite store and artifacts. Pointing
 `PREFECT_API_URL` or `MLFLOW_TRACKING_URI` at servers overrides the embedded defaults and changes
-nothing else; while `smolforge up` runs a stack for the folder, its servers are the default. Prefect reads its settings at import, so `configure()` runs before Prefect is imported.
+nothing else; while `smolforge up` runs a stack for the folder, its servers are the default, and
+`SMOLFORGE_ARTIFACTS_URL` moves the artifacts (and MLflow's and Prefect's results with them) to
+storage every worker sees. Prefect reads its settings at import, so `configure()` runs before
+Prefect is imported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,6 +21,23 @@ def project_home() -> Path:
 
 
 OPTUNA_STORAGE_VAR = "SMOLFORGE_OPTUNA_STORAGE"  # the sweeps' default study storage (a database URL)
+
+
+def artifacts_location(home: Path) -> str:
+    """Where artifacts are kept: `$SMOLFORGE_ARTIFACTS_URL` (an fsspec URL every worker reaches,
+    `s3://bucket/prefix`), or the project folder's `artifacts`."""
+    return os.environ.get("SMOLFORGE_ARTIFACTS_URL") or str(home / "artifacts")
+
+
+def is_remote(location: str) -> bool:
+    """Whether a store location is a URL of another filesystem than this machine's."""
+    return "://" in location and not location.startswith("file://")
+
+
+def results_block_name(url: str) -> str:
+    """The Prefect block holding task results beside the remote store `url`: one per URL, so
+    projects with different buckets can share a Prefect server."""
+    return f"smolforge-results-{hashlib.blake2b(url.rstrip('/').encode(), digest_size=6).hexdigest()}"
 
 
 def mlflow_tracking_uri(home: Path) -> str:
@@ -67,5 +88,13 @@ def configure(home: Path | None = None) -> Path:
             os.environ.setdefault(OPTUNA_STORAGE_VAR, servers["optuna"])
     os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_tracking_uri(home))
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    store = artifacts_location(home)
+    if is_remote(store):
+        # Prefect's results follow the artifacts (a step cached on one worker is cached on all);
+        # `steps.save_result_storage` saves the block before the first flow run
+        os.environ.setdefault("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", f"remote-file-system/{results_block_name(store)}")
+    # MLflow's S3 client reads its own variable for the endpoint (MinIO, a test server), not boto's.
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     return home

@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from smolforge.artifacts import ArtifactStore
+from smolforge.artifacts import ArtifactStore, store_at
+from smolforge.environment import artifacts_location
 from smolforge.strict import Strict
 
 
@@ -35,24 +36,27 @@ class TrackingConfig(Strict):
 class Runtime(BaseModel):
     """Where a run keeps its artifacts and how much CPU a step may use; never part of a key."""
 
-    root: str
+    root: str  # a folder, or the URL of a remote store (its local copies live in this machine's project folder)
     workers: int = 1
     experiment: str = "smolforge"
     parent_run_id: str | None = None  # MLflow run that stage runs nest under
 
     @property
     def store(self) -> ArtifactStore:
-        return ArtifactStore(Path(self.root))
+        return store_at(self.root)
 
 
 def runtime_for(
     execution: ExecutionConfig, home: Path, tracking: TrackingConfig | None = None, parent_run_id: str | None = None
 ) -> Runtime:
     """The project's artifact store with the CPU budget `execution` allows, and the MLflow experiment
-    and run that a stage's own runs become children of."""
+    and run that a stage's own runs become children of. A remote store that cannot be used (no
+    credentials, no bucket) is refused here, before any work starts."""
+    location = artifacts_location(home)
+    store_at(location, home).check()
     # Under Dask each task already runs in its own worker process: no pool inside it.
     workers = 1 if execution.runner == "dask" else execution.cpu_workers()
     return Runtime(
-        root=str(home / "artifacts"), workers=workers, experiment=(tracking or TrackingConfig()).experiment,
+        root=location, workers=workers, experiment=(tracking or TrackingConfig()).experiment,
         parent_run_id=parent_run_id,
     )

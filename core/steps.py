@@ -22,7 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from smolforge.artifacts import ArtifactRef, code_version, recipe_key
+from smolforge.artifacts import ArtifactRef, code_version, recipe_key, storage_options
+from smolforge.environment import artifacts_location, is_remote, project_home, results_block_name
 from smolforge.runtime import Runtime
 
 
@@ -56,10 +57,37 @@ def _split(params: dict[str, Any]) -> tuple[Runtime, dict[str, Any]]:
     return runtimes[0], {k: v for k, v in params.items() if not isinstance(v, Runtime)}
 
 
-def _prefect_result_file(key: str) -> Path:
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+def _drop_result(key: str) -> None:
+    """Delete Prefect's record of a step whose artifact is gone, so the step really runs again: in
+    Prefect's local folder, or beside a remote artifact store (`environment.configure` makes that
+    Prefect's default result storage)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, get_current_settings
 
-    return Path(PREFECT_LOCAL_STORAGE_PATH.value()) / key
+    if get_current_settings().results.default_storage_block is None:
+        stale = Path(PREFECT_LOCAL_STORAGE_PATH.value()) / key
+        if stale.exists():
+            os.remove(stale)
+        return
+    from prefect.results import get_default_result_storage
+
+    storage = get_default_result_storage()
+    path = f"{storage.basepath.rstrip('/')}/{key}"
+    if storage.filesystem.exists(path):
+        storage.filesystem.rm(path)
+
+
+def save_result_storage() -> None:
+    """Save the Prefect block that `environment.configure` names as the default result storage when
+    the artifact store is remote (Prefect loads it by name when a flow run starts, so it must exist
+    first); nothing to do otherwise. Saving again with the same URL changes nothing."""
+    url = artifacts_location(project_home())
+    if not is_remote(url):
+        return
+    from prefect.filesystems import RemoteFileSystem
+
+    url = url.rstrip("/")
+    block = RemoteFileSystem(basepath=f"{url}/prefect-results", settings=storage_options(url))
+    block.save(results_block_name(url), overwrite=True)
 
 
 def artifact_step(kind: str, *, code: tuple[str | Path, ...] = (), **task_options: Any) -> Callable:
@@ -112,9 +140,7 @@ def artifact_step(kind: str, *, code: tuple[str | Path, ...] = (), **task_option
             key = key_of(params)
             prefect_key = f"{kind}-{key}"
             if runtime.store.problem(kind, key) is not None:
-                stale = _prefect_result_file(prefect_key)
-                if stale.exists():
-                    os.remove(stale)
+                _drop_result(prefect_key)
             return prefect_key
 
         options = {"persist_result": True, "cache_key_fn": cache_key, "name": step, **task_options}

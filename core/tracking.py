@@ -2,7 +2,8 @@
 
 The tracking URI comes from the environment (`environment.configure` sets the embedded SQLite store
 unless `MLFLOW_TRACKING_URI` is set); nothing here hard-codes where runs go. With the embedded store
-the experiment's artifacts go to `<project>/mlartifacts`, beside the database.
+the experiment's artifacts go to `<project>/mlartifacts`, beside the database, or under
+`$SMOLFORGE_ARTIFACTS_URL` when the artifact store is remote.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from smolforge.environment import mlflow_tracking_uri, project_home
+from smolforge.environment import artifacts_location, is_remote, mlflow_tracking_uri, project_home
 
 
 def _mlflow():
@@ -39,7 +40,9 @@ def experiment_id(name: str) -> str:
         return found.experiment_id
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
-        location = (project_home() / "mlartifacts").as_uri()
+        # beside the artifacts: on a remote store every worker (and the UI) reads the same files
+        store = artifacts_location(project_home())
+        location = f"{store.rstrip('/')}/mlartifacts" if is_remote(store) else (project_home() / "mlartifacts").as_uri()
     try:
         return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except mlflow.exceptions.MlflowException as exc:

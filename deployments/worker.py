@@ -35,7 +35,6 @@ def check_pool(pool: str) -> None:
 
 def exec_worker(pool: str, limit: int | None) -> None:
     """Replace this process with Prefect's worker for `pool` (so signals reach it directly)."""
-    check_pool(pool)
     args = [console_script("prefect"), "worker", "start", "--pool", pool, "--name", f"{pool}-{os.uname().nodename}-{os.getpid()}"]
     if limit:
         args += ["--limit", str(limit)]

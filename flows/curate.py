@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.futures import PrefectFuture
 
 from smolforge import tracking
-from smolforge.artifacts import ArtifactRef, file_hash
+from smolforge.artifacts import ArtifactRef, file_hash, find_artifact
 from smolforge.environment import project_home
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
@@ -35,10 +35,12 @@ def _index_inputs(against: list[str], runtime: Runtime) -> list[InputFile]:
     """Earlier dedup indexes, named by folder or by the key of the corpus that holds one."""
     found = []
     for entry in against:
+        corpus = find_artifact(runtime.store, f"corpus:{entry}")
+        candidates = [Path(entry).expanduser(), Path(entry).expanduser() / "dedup_index"]
         folder = next(
             (
                 c
-                for c in (Path(entry).expanduser(), Path(entry).expanduser() / "dedup_index", runtime.store.path("corpus", entry) / "dedup_index")
+                for c in [*candidates, *([corpus.path / "dedup_index"] if corpus else [])]
                 if (c / "meta.json").is_file() and (c / "index.npz").is_file()
             ),
             None,

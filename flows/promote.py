@@ -48,7 +48,7 @@ def reevaluator(config: PipelineConfig) -> Reevaluate:
         if data is None:
             raise PromotionError(
                 f"{name} version {version} must be evaluated again on the held-out data {data_key}, which is not in "
-                f"this project's artifact store ({runtime.store.root}): run the evaluate stage here first"
+                f"this project's artifact store ({runtime.store.location}): run the evaluate stage here first"
             )
         model = resolve(f"models:/{name}/{version}", None, runtime, "promote")
         print(f"promote: evaluating {name} version {version} again, on the challenger's held-out data {data_key[:12]}")

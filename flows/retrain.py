@@ -22,7 +22,7 @@ from prefect import flow
 from prefect.states import Completed
 
 from smolforge import tracking
-from smolforge.artifacts import ArtifactRef, find_artifact
+from smolforge.artifacts import ArtifactRef, find_artifact, local_folder
 from smolforge.environment import project_home
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
@@ -90,13 +90,13 @@ def _lineage(tags: dict[str, str], start: str, store) -> tuple[ArtifactRef, list
         raise RetrainError(f"{start} has no smolforge.corpus_key tag: it was not pretrained by this project, so there is no corpus to diff against")
     trained_on = find_artifact(store, key)
     if trained_on is None:
-        raise RetrainError(f"{start} was trained on corpus {key}, which is not in this project's artifact store ({store.root})")
+        raise RetrainError(f"{start} was trained on corpus {key}, which is not in this project's artifact store ({store.location})")
     keys = json.loads((trained_on.path / CORPORA).read_text(encoding="utf-8")) if (trained_on.path / CORPORA).is_file() else [key]
     corpora = []
     for k in keys:
         ref = store.get("corpus", k)
         if ref is None:
-            raise RetrainError(f"{start}'s lineage names corpus {k}, which is not complete in {store.root}")
+            raise RetrainError(f"{start}'s lineage names corpus {k}, which is not complete in {store.location}")
         corpora.append(ref)
     return trained_on, corpora
 
@@ -105,7 +105,7 @@ def _check_tokenizers(champion_fp: str, start: str, corpora: list[ArtifactRef]) 
     """Replay reads tokens as they were packed: only a corpus packed with the champion's tokenizer can be replayed."""
     for corpus in corpora:
         uri = json.loads((corpus.path / "corpus.json").read_text(encoding="utf-8"))["tokenizer"]
-        found = tokenizer_fingerprint(uri)
+        found = tokenizer_fingerprint(local_folder(uri))
         if found != champion_fp:
             raise RetrainError(
                 f"{start} uses tokenizer {champion_fp}, but corpus {corpus.key} was packed with tokenizer {found} ({uri}): "

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH"):
+for var in (
+    "PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "SMOLFORGE_ARTIFACTS_URL",
+    "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK",
+):
     os.environ.pop(var, None)
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -49,7 +49,7 @@ def corpus_file_table(corpus: ArtifactRef, store: ArtifactStore) -> FileTable:
         extracted = store.get(entry["artifact"], entry["key"])
         if extracted is None:
             raise FileNotFoundError(
-                f"corpus {corpus.key}: its extraction artifact {entry['artifact']}/{entry['key']} is missing from {store.root}"
+                f"corpus {corpus.key}: its extraction artifact {entry['artifact']}/{entry['key']} is missing from {store.location}"
             )
         config = extracted.manifest()["config"]
         files = table.setdefault(config["source"]["name"], {})

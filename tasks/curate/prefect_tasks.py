@@ -59,25 +59,25 @@ def extract_shard(out: Path, source: SourceConfig, files: list[InputFile], cfg: 
 @artifact_step("language", code=(_CODE / "langid.py", _CODE / "work.py"))
 def language_shard(out: Path, shard: ArtifactRef, cfg: LanguageConfig, declared: str | None, runtime: Runtime) -> dict:
     """fastText lid.176: keep the configured languages above the score threshold."""
-    return run_cpu(runtime.workers, work.run_step, LanguageStep(cfg, declared), shard.uri, str(out))
+    return run_cpu(runtime.workers, work.run_step, LanguageStep(cfg, declared), str(shard.path), str(out))
 
 
 @artifact_step("quality", code=(_CODE / "quality.py", _CODE / "words.py", _CODE / "work.py"))
 def quality_shard(out: Path, shard: ArtifactRef, cfg: QualityConfig, runtime: Runtime) -> dict:
     """Gopher repetition and quality, C4 and FineWeb rules (datatrove's, on data computed once per document)."""
-    return run_cpu(runtime.workers, work.run_step, QualityStep(cfg), shard.uri, str(out))
+    return run_cpu(runtime.workers, work.run_step, QualityStep(cfg), str(shard.path), str(out))
 
 
 @artifact_step("pii", code=(_CODE / "pii.py", _CODE / "work.py"))
 def pii_shard(out: Path, shard: ArtifactRef, cfg: PIIConfig, runtime: Runtime) -> dict:
     """Mask e-mail and public IP addresses."""
-    return run_cpu(runtime.workers, work.run_step, PIIStep(cfg), shard.uri, str(out))
+    return run_cpu(runtime.workers, work.run_step, PIIStep(cfg), str(shard.path), str(out))
 
 
 @artifact_step("minhash", code=(_CODE / "dedup.py", _CODE / "words.py", _CODE / "work.py"))
 def minhash_shard(out: Path, shard: ArtifactRef, settings: dedup.SignatureSettings, runtime: Runtime) -> dict:
     """Exact-text keys and MinHash bucket signatures of one shard."""
-    return run_cpu(runtime.workers, work.minhash_signatures, settings, shard.uri, str(out))
+    return run_cpu(runtime.workers, work.minhash_signatures, settings, str(shard.path), str(out))
 
 
 @artifact_step("dedup_plan", code=(_CODE / "dedup.py",))
@@ -135,7 +135,7 @@ def pack_task(
     out: Path, source: str, shards: list[ArtifactRef], tokenizer_ref: ArtifactRef, cfg: PackConfig, runtime: Runtime
 ) -> dict:
     """Token shards of one source with end-of-document tokens, boundaries and a validation split."""
-    tok = tokenizer.load_tokenizer(tokenizer_ref.uri)
+    tok = tokenizer.load_tokenizer(str(tokenizer_ref.path))
     docs = (doc for ref in shards for doc in read_docs(ref.path / DOCS))
     return pack.pack_documents(docs, tok, out, val_fraction=cfg.val_fraction, seed=cfg.seed)
 

@@ -46,12 +46,13 @@ def base_key(ref: ArtifactRef, store: ArtifactStore) -> str | None:
         return str(base["key"])
     for entry in manifest.get("inputs", []):
         # an input of its own kind continues the same training (pretraining's previous stage)
-        if entry["kind"] not in (QUANTIZED, ref.kind) and holds_model(store.path(entry["kind"], entry["key"])):
+        kind = entry["kind"]
+        if kind not in (QUANTIZED, ref.kind) and store.has(kind, entry["key"]) and holds_model(store.ref(kind, entry["key"]).path):
             return str(entry["key"])
     return None
 
 
 def require(ref: ArtifactRef | None, spec: str, setting: str, store: ArtifactStore) -> ArtifactRef:
     if ref is None:
-        raise MergeError(f"{setting}={spec!r}: no such model: not a folder, a registry URI or an artifact in {store.root}")
+        raise MergeError(f"{setting}={spec!r}: no such model: not a folder, a registry URI or an artifact in {store.location}")
     return ref

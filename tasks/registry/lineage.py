@@ -81,7 +81,7 @@ def artifact_lineage(store: ArtifactStore, ref: ArtifactRef, seen: set[str] | No
         }
         corpora = [store.get("corpus", key) for key in record.get("corpora", [])]
         node["inputs"] = [
-            artifact_lineage(store, c, seen) if c is not None else {"kind": "corpus", "key": key, "missing": f"not in {store.root}"}
+            artifact_lineage(store, c, seen) if c is not None else {"kind": "corpus", "key": key, "missing": f"not in {store.location}"}
             for c, key in zip(corpora, record.get("corpora", []))
         ]
         return node
@@ -89,10 +89,10 @@ def artifact_lineage(store: ArtifactStore, ref: ArtifactRef, seen: set[str] | No
     for item in manifest.get("inputs", []):
         if item["key"] in seen:
             node["inputs"].append({**item, "shown": "above"})
-        elif (store.path(item["kind"], item["key"]) / MANIFEST).is_file():
+        elif store.has(item["kind"], item["key"]):
             node["inputs"].append(artifact_lineage(store, store.ref(item["kind"], item["key"]), seen))
         else:
-            node["inputs"].append({**item, "missing": f"not in {store.root}"})
+            node["inputs"].append({**item, "missing": f"not in {store.location}"})
     return node
 
 
@@ -110,7 +110,7 @@ def version_lineage(store: ArtifactStore, name: str, version: Any) -> dict[str, 
     if ref is not None:
         node["artifact"] = artifact_lineage(store, ref)
     else:
-        node["artifact"] = {"key": key, "missing": f"not in {store.root}" if key else "the version has no smolforge.artifact_key tag"}
+        node["artifact"] = {"key": key, "missing": f"not in {store.location}" if key else "the version has no smolforge.artifact_key tag"}
     return node
 
 
@@ -128,6 +128,6 @@ def lineage(spec: str, store: ArtifactStore) -> dict[str, Any]:
     if ref is None:
         raise LineageError(
             f"{spec!r} names no registry version (models:/name@alias or models:/name/version), no artifact in "
-            f"{store.root} and no artifact folder (one holding {MANIFEST})"
+            f"{store.location} and no artifact folder (one holding {MANIFEST})"
         )
     return artifact_lineage(store, ref)

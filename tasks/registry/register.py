@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from prefect import task
 
 from smolforge import tracking
-from smolforge.artifacts import ArtifactRef, ArtifactStore
+from smolforge.artifacts import ArtifactRef, store_of
 from smolforge.tasks.curate.tokenizer import load_tokenizer
 from smolforge.tasks.registry import serving
 from smolforge.tasks.registry.lineage import version_lineage
@@ -100,6 +100,6 @@ def register_model(
                 pip_requirements=pip_requirements(),
             )
         version = mlflow.register_model(info.model_uri, name, tags={"smolforge.artifact_key": final.key, **lineage})
-        client.log_dict(run_id, version_lineage(ArtifactStore(final.path.parent.parent), name, version), "lineage.json")
+        client.log_dict(run_id, version_lineage(store_of(final), name, version), "lineage.json")
     client.set_registered_model_alias(name, "candidate", version.version)
     return {"name": name, "version": str(version.version), "uri": f"models:/{name}@candidate"}

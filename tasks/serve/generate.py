@@ -80,12 +80,12 @@ def find_model(spec: str, store: ArtifactStore) -> ModelFiles:
     elif ARTIFACT_SPEC.match(spec):
         ref = find_artifact(store, spec)
         if ref is None:
-            raise ModelSourceError(f"{SETTING}={spec!r}: no complete artifact with that key in {store.root}")
+            raise ModelSourceError(f"{SETTING}={spec!r}: no complete artifact with that key in {store.location}")
         folder = model_folder(ref.path)
     else:
         raise ModelSourceError(
             f"{SETTING}={spec!r} is neither a registry URI (models:/name@alias, models:/name/version), an artifact key "
-            f"of {store.root} nor a folder ({local.resolve()} does not exist)"
+            f"of {store.location} nor a folder ({local.resolve()} does not exist)"
         )
     return ModelFiles(folder, folder)
 

@@ -8,7 +8,6 @@ combine good runs that lost the sweep (model soups and merges gain from such nea
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from typing import Any
 
@@ -40,7 +39,7 @@ def keep_best(study: optuna.Study, keep: int, store: ArtifactStore) -> list[dict
                 continue
             kept.append({"rank": rank + 1, "trial": t.number, "value": t.value, "params": t.params, "model": ref.model_dump()})
         else:
-            shutil.rmtree(store.path(KIND, key), ignore_errors=True)
+            store.remove(KIND, key)
     return kept
 
 

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from smolforge.artifacts import local_folder
 from smolforge.tasks.curate.pack import SPLITS, document_ids, open_split, read_meta
 from smolforge.tasks.train.config import PretrainConfig, StageConfig
 
@@ -134,12 +135,13 @@ class CorpusSources(Mapping[str, Source]):
             raise ValueError(f"{path} lists no sources")
         sources = {}
         for name, entry in entries.items():
-            folder = Path(entry["uri"])
+            folder = local_folder(entry["uri"])  # a remote store's artifact: its checked local copy
             folder = folder if folder.is_absolute() else path.parent / folder
             if not folder.is_dir():
                 raise FileNotFoundError(f"{path} lists source {name!r} at {folder}, which does not exist")
             sources[name] = Source(name, folder, entry)
-        return cls(sources, tokenizer=record.get("tokenizer"))
+        tokenizer = record.get("tokenizer")
+        return cls(sources, tokenizer=str(local_folder(tokenizer)) if tokenizer else None)
 
     @classmethod
     def from_folders(cls, folders: Mapping[str, str | Path], tokenizer: str | None = None) -> CorpusSources:
