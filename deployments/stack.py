@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from smolforge.deployments.catalog import CPU_POOL, GPU_POOL
-from smolforge.environment import STACK_FILE, mlflow_tracking_uri
+from smolforge.environment import OPTUNA_STORAGE_VAR, STACK_FILE, mlflow_tracking_uri
 from smolforge.errors import ConfigError
 from smolforge.processes import HOST, console_script, healthy, stop
 
@@ -153,6 +153,8 @@ def up(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000, database_u
         stack.pids = {name: p.pid for name, p in procs.items()}
         _write(home, stack)  # from here on `down` can stop what runs, whatever happens next
         worker_env = {**env, "PREFECT_API_URL": f"{stack.prefect}/api", "MLFLOW_TRACKING_URI": stack.mlflow}
+        if stack.optuna:
+            worker_env[OPTUNA_STORAGE_VAR] = stack.optuna
         deployed = subprocess.run([console_script("smolforge"), "deploy"], env=worker_env, capture_output=True, text=True, check=False)
         if deployed.returncode != 0:
             raise StackError(f"deploying failed: {(deployed.stderr or deployed.stdout).strip()[-800:]}")
