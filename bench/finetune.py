@@ -153,7 +153,7 @@ def worker(args: argparse.Namespace) -> None:
     quantized = Path(args.quantized) if args.worker == "qlora" else None
     model = adapters.load_base(Path(args.base), config, torch.device("cpu"), quantized)
     if method != "full":
-        model = adapters.add_adapter(model, config.lora, 0)
+        model = adapters.add_adapter(model, config, Path(args.base))
     model.train()
     load_seconds = time.perf_counter() - started
     loaded = status_mib("VmRSS")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from prefect import task
 
@@ -100,6 +102,11 @@ def register_model(
                 pip_requirements=pip_requirements(),
             )
         version = mlflow.register_model(info.model_uri, name, tags={"smolforge.artifact_key": final.key, **lineage})
-        client.log_dict(run_id, version_lineage(ArtifactStore(final.path.parent.parent), name, version), "lineage.json")
+        log_lineage(run_id, final.path.parent.parent, name, version)
     client.set_registered_model_alias(name, "candidate", version.version)
     return {"name": name, "version": str(version.version), "uri": f"models:/{name}@candidate"}
+
+
+def log_lineage(run_id: str, store_root: Path, name: str, version: Any) -> None:
+    """The chain behind a new version, as `lineage.json` in the run it was logged from."""
+    tracking.client().log_dict(run_id, version_lineage(ArtifactStore(store_root), name, version), "lineage.json")
