@@ -559,6 +559,14 @@ def generate(
             show_default=False,
         ),
     ] = None,
+    adapter: Annotated[
+        Optional[str],
+        typer.Option(
+            help="For a model registered as base + adapters (prefix or prompt tuning, finetune.adapters): the adapter "
+            "that answers. \\[default: the one named default, else the first]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Answer PROMPT with a model, streaming the text to stdout as it is generated."""
     from smolforge.artifacts import ArtifactStore
@@ -574,7 +582,7 @@ def generate(
     home = configure()
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     try:
-        generate_from(model_uri, prompt, ArtifactStore(home / "artifacts"), sampling, chat)
+        generate_from(model_uri, prompt, ArtifactStore(home / "artifacts"), sampling, chat, adapter)
     except ConfigError as exc:
         _fail(str(exc))
 

@@ -31,6 +31,8 @@ KIND = "model-import"
 # trained alone is saved as.
 ADAPTERS = "adapters"
 DEFAULT_ADAPTER = "default"
+# Where a model logged as an MLflow pyfunc (base + adapters) keeps that folder in the logged model.
+PYFUNC_MODEL = Path("artifacts") / "model"
 
 
 class ModelSourceError(ConfigError):
@@ -117,7 +119,7 @@ def registered_model(spec: str, scratch: Path, setting: str) -> RegisteredModel:
                 f"{setting}={spec!r}: not found in the MLflow registry at {mlflow.get_tracking_uri()}: {exc.message}"
             ) from None
     try:
-        folder = model_folder(root)
+        folder = model_folder(root / PYFUNC_MODEL if (root / PYFUNC_MODEL).is_dir() else root)
     except ModelSourceError as exc:  # files gone from the store, or a run's folder that holds no model
         raise ModelSourceError(f"{setting}={spec!r}: {exc}") from None
     tokenizer = root / "components" / "tokenizer"

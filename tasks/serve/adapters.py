@@ -23,13 +23,13 @@ from typing import Any
 
 from smolforge import tracking
 from smolforge.artifacts import stable_hash
-from smolforge.model_source import ADAPTERS, DEFAULT_ADAPTER, load_causal_lm, model_folder
+from smolforge.model_source import ADAPTERS, DEFAULT_ADAPTER, PYFUNC_MODEL, load_causal_lm, model_folder
 from smolforge.runtime import Runtime
 from smolforge.tasks.registry import register, serving
 
 import mlflow.pyfunc  # isort: skip  # the pyfunc base class; the other imports stay where they are used
 
-MODEL_ARTIFACT = "model"  # the pyfunc artifact: base weights + tokenizer + adapters/<name>/
+MODEL_ARTIFACT = PYFUNC_MODEL.name  # the pyfunc artifact: base weights + tokenizer + adapters/<name>/
 SERVING_TAG = "smolforge.serving"  # the registry entry says how the model is served:
 BASE_PLUS_ADAPTER = "base+adapter"  # this module's pyfunc, or
 MERGED = "merged"  # the adapter folded into the base (lora, qlora, ia3), or
