@@ -121,3 +121,13 @@ def test_out_of_memory_halves_the_micro_batch_and_the_run_ends_as_without_it(bas
     with pytest.raises(OutOfMemory, match=r"out of memory at step 1 with one record per micro-batch"):
         finetune_model(config.model_copy(update={"micro_batch_size": 2}), base, [data_file], tmp_path / "dies")
     assert not (tmp_path / "dies").exists()
+
+
+def test_a_merge_stage_is_refused_for_adapters_that_stay_apart_from_the_base():
+    from smolforge.flows.config import load_config
+
+    with pytest.raises(ConfigError, match=r"finetune.method=prompt leaves the adapters apart from the base: set merge=null"):
+        load_config("tiny", overrides=["finetune.method=prompt"])
+    with pytest.raises(ConfigError, match=r"finetune.method=lora with finetune.adapters leaves"):
+        load_config("tiny", overrides=["finetune.adapters=[{name: a, data: [x.jsonl]}]"])
+    assert load_config("tiny", overrides=["finetune.method=prompt", "merge=null"]).finetune.method == "prompt"
