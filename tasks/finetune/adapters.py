@@ -11,7 +11,7 @@
   feed-forward ones by learned vectors. Merges like LoRA.
 * `prefix`, `prompt`: the base frozen; peft learns key/value prefixes in every layer (prefix) or
   input embeddings in front of the record (prompt). Nothing to fold into a weight: the result is
-  the base plus the adapter (`model_source.SOFT_PROMPT_DIR`).
+  the base plus the adapter beside it (`model_source.ADAPTERS`).
 
 Every adapter is made from peft's own config class for its method (`peft_config`). The checks that
 need the model (target modules that exist, a rank no layer is too small for, bitsandbytes

@@ -74,9 +74,9 @@ def run_step(
                 loss_sum, _ = masked_loss(model, batch)
                 (loss_sum / max(targets, 1)).backward()
                 total += loss_sum.item()
-                del batch, loss_sum
             return total / max(targets, 1), micro
         except torch.OutOfMemoryError as exc:
+            batch = loss_sum = None  # the failed micro-batch's tensors, before the allocator's cache is emptied
             model.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
