@@ -153,7 +153,7 @@ def worker(args: argparse.Namespace) -> None:
     quantized = Path(args.quantized) if args.worker == "qlora" else None
     model = adapters.load_base(Path(args.base), config, torch.device("cpu"), quantized)
     if method != "full":
-        model = adapters.add_adapter(model, config.lora, 0)
+        model = adapters.add_adapter(model, config, Path(args.base))
     model.train()
     load_seconds = time.perf_counter() - started
     loaded = status_mib("VmRSS")
@@ -204,6 +204,15 @@ def worker(args: argparse.Namespace) -> None:
     }))
 
 
+def picked(parser: argparse.ArgumentParser, value: str, known: list[str], option: str) -> list[str]:
+    """The comma-separated names of `value`, each one of `known` (else a usage error naming `option`)."""
+    names = value.split(",")
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"{option}: unknown {unknown}; choose from {', '.join(known)}")
+    return names
+
+
 def run_variant(name: str, base: Path, quantized: Path, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable, __file__, "--worker", name, "--base", str(base), "--quantized", str(quantized), "--steps", str(args.steps),
@@ -250,10 +259,7 @@ def main() -> None:
         worker(args)
         return
 
-    names = args.variants.split(",")
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    names = picked(parser, args.variants, list(VARIANTS), "--variants")
     tuned = [n for n in names if n != "quantize"]
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as scratch:
         base, quantized = Path(scratch) / "base", Path(scratch) / "base-4bit"

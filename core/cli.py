@@ -673,9 +673,9 @@ def up(
 @app.command()
 def down() -> None:
     """Stop the stack `smolforge up` started for this project folder (the processes it recorded)."""
+    from smolforge.deployments.stack import down as stop_stack
     from smolforge.environment import project_home
     from smolforge.errors import ConfigError
-    from smolforge.deployments.stack import down as stop_stack
 
     try:
         stopped = stop_stack(project_home())
@@ -707,6 +707,14 @@ def generate(
             show_default=False,
         ),
     ] = None,
+    adapter: Annotated[
+        Optional[str],
+        typer.Option(
+            help="For a model registered as base + adapters (prefix or prompt tuning, finetune.adapters): the adapter "
+            "that answers. \\[default: the one named default, else the first]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Answer PROMPT with a model, streaming the text to stdout as it is generated."""
     from smolforge.artifacts import project_store
@@ -722,7 +730,7 @@ def generate(
     home = configure()
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     try:
-        generate_from(model_uri, prompt, project_store(home), sampling, chat)
+        generate_from(model_uri, prompt, project_store(home), sampling, chat, adapter)
     except ConfigError as exc:
         _fail(str(exc))
 

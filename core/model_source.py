@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef, file_hash, stable_hash
@@ -25,6 +25,14 @@ if TYPE_CHECKING:  # mlflow is imported where it is used: the CLI's start-up sta
 
 REGISTRY_SCHEMES = ("models:/", "runs:/")
 KIND = "model-import"
+# A transformers folder may carry peft adapters that were not merged into it (prefix and prompt
+# tuning cannot be; several adapters on one base are kept apart): `ADAPTERS/<name>/` beside the
+# base's weights. `load_causal_lm` puts them on the base; `DEFAULT_ADAPTER` is the one a fine-tune
+# trained alone is saved as.
+ADAPTERS = "adapters"
+DEFAULT_ADAPTER = "default"
+# Where a model logged as an MLflow pyfunc (base + adapters) keeps that folder in the logged model.
+PYFUNC_MODEL = Path("artifacts") / "model"
 
 
 class ModelSourceError(ConfigError):
@@ -111,7 +119,7 @@ def registered_model(spec: str, scratch: Path, setting: str) -> RegisteredModel:
                 f"{setting}={spec!r}: not found in the MLflow registry at {mlflow.get_tracking_uri()}: {exc.message}"
             ) from None
     try:
-        folder = model_folder(root)
+        folder = model_folder(root / PYFUNC_MODEL if (root / PYFUNC_MODEL).is_dir() else root)
     except ModelSourceError as exc:  # files gone from the store, or a run's folder that holds no model
         raise ModelSourceError(f"{setting}={spec!r}: {exc}") from None
     tokenizer = root / "components" / "tokenizer"
@@ -191,3 +199,71 @@ def resolve(spec: str | None, pipeline_model: ArtifactRef | None, runtime: Runti
         return pipeline_model
     with tempfile.TemporaryDirectory(prefix="smolforge-model-") as scratch:
         return import_model(locate(spec, Path(scratch), setting), runtime, spec)
+
+
+def adapter_folders(folder: str | Path) -> dict[str, Path]:
+    """The unmerged adapters a transformers folder carries (`ADAPTERS/<name>/`), by name, sorted."""
+    root = model_folder(folder) / ADAPTERS
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "adapter_config.json").is_file()}
+
+
+def keep_logits_to_inputs(model: Any) -> Any:
+    """Make a prompt-tuned model's logits line up with its input again; returns the model.
+
+    peft's prompt tuning feeds the soft prompt in front of the input embeddings and returns the
+    logits of those positions too, so position i of the output is no longer token i's: every caller
+    that reads logits by the input's positions (the training loss, perplexity, lm-eval) would be
+    off by `num_virtual_tokens`. A forward hook keeps the last input-length positions. Generation
+    does not go through this forward (peft hands it the base's `generate`), and prefix tuning's
+    prefixes live in the attention cache, so both are left as they are."""
+    if not hasattr(model, "active_peft_config"):
+        return model
+
+    def trim(module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        if module.active_peft_config.peft_type != "PROMPT_TUNING":  # looked up per call: set_adapter may switch
+            return output
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+        if inputs is None:
+            inputs = kwargs.get("inputs_embeds")
+        if inputs is not None and getattr(output, "logits", None) is not None:
+            output.logits = output.logits[:, -inputs.shape[1] :]
+        return output
+
+    model.register_forward_hook(trim, with_kwargs=True)
+    return model
+
+
+def load_causal_lm(folder: str | Path, adapter: str | None = None, **kwargs: Any) -> Any:
+    """The model a folder holds, ready to run: a plain transformers model, or the base with its
+    unmerged adapters (peft's multi-adapter model: the base's weights are loaded once, each adapter
+    beside it, `set_adapter(name)` picks one). `adapter` names the active one (default: `default`,
+    else the first); naming one the folder lacks is an error that lists what it has."""
+    from transformers import AutoModelForCausalLM
+
+    path = model_folder(folder)
+    base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    found = adapter_folders(path)
+    if not found:
+        if adapter is not None:
+            raise ModelSourceError(f"adapter {adapter!r}: {path} carries no adapters (a merged or plain model)")
+        return base
+    return with_adapters(base, found, adapter, str(path))
+
+
+def with_adapters(base: Any, adapters: dict[str, Path], active: str | None, where: str) -> Any:
+    """`base` with every adapter of `adapters` loaded beside the others (peft `load_adapter`) and
+    `active` (default: `default`, else the first) switched on."""
+    from peft import PeftModel
+
+    if active is None:
+        active = DEFAULT_ADAPTER if DEFAULT_ADAPTER in adapters else next(iter(adapters))
+    if active not in adapters:
+        raise ModelSourceError(f"adapter {active!r}: {where} has adapters {sorted(adapters)}")
+    (first, first_dir), *rest = adapters.items()
+    model = PeftModel.from_pretrained(base, first_dir, adapter_name=first)
+    for name, adapter_dir in rest:
+        model.load_adapter(adapter_dir, adapter_name=name)
+    model.set_adapter(active)
+    return keep_logits_to_inputs(model.eval())

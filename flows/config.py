@@ -149,6 +149,12 @@ class PipelineConfig(Strict):
                     f"merge needs held-out records to select and test on, but finetune.heldout_records is "
                     f"{self.finetune.heldout_records}: set it (say 64)"
                 )
+            if not self.finetune.mergeable() or self.finetune.adapters:
+                raise ValueError(
+                    f"merge averages fine-tuned weights, but finetune.method={self.finetune.method}"
+                    f"{' with finetune.adapters' if self.finetune.adapters else ''} leaves the adapters apart from the "
+                    "base: set merge=null, or a method whose adapter merges (lora, qlora, ia3, full) without adapters"
+                )
             if "sweep" in self.merge.ingredients and self.sweep is None:
                 raise ValueError("merge.ingredients names sweep (its kept models), but sweep is null")
             labels = self.merge.expected_labels(self.finetune.seed)

@@ -72,12 +72,14 @@ class FinetuneInputs(StageInputs):
     base: ArtifactRef
     quantized: ArtifactRef | None = None  # qlora: the base quantised once to 4 bits
     data: dict[str, str]  # the JSONL files (path -> content hash), checked
+    adapter_data: dict[str, dict[str, str]] = {}  # finetune.adapters: each adapter's files, by adapter name
 
 class FinetuneResult(StageResult):
-    model: ArtifactRef
+    model: ArtifactRef  # with finetune.adapters: the first adapter's fine-tune
     inputs: FinetuneInputs
     metrics: dict[str, Any]
     registered: Registered
+    adapters: dict[str, ArtifactRef] = {}  # finetune.adapters: each adapter's fine-tune, by name
 
 class SweepResult(StageResult):
     """The study's summary (counts, best trial, kept models) and this run's own trials."""

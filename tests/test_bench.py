@@ -18,6 +18,7 @@ TABLES = {
     "curation.py": ["Throughput:", "Re-run with nothing changed"],
     "pretrain.py": ["tokens/s smolforge/mlflow", "tokens/s trainer", "optimizer.step() Muon"],
     "finetune.py": ["variant", "qlora peak / lora peak"],
+    "peft_methods.py": ["held-out before", "ranking by held-out loss", "ranking by peak memory"],
     "sweep.py": ["sweep overhead per trial"],
     "evaluate.py": ["ratio to bare", "smolforge", "bare"],
     "merge.py": ["ratio to direct", "paired ratio stage/direct", "soup claim on held-out test records", "greedy soup"],

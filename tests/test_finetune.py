@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from smolforge.errors import ConfigError
+from smolforge.model_source import with_adapters
 from smolforge.models.architecture import build_model
 from smolforge.models.config import ModelShape
 from smolforge.tasks.curate.tokenizer import load_tokenizer, train_tokenizer
@@ -215,7 +216,7 @@ def test_several_adapters_load_side_by_side_on_one_base(base, data_file, tmp_pat
         with torch.no_grad():
             return model.eval()(input_ids=ids).logits
 
-    both = adapters.load_adapters(base, {n: p / "adapter" for n, p in outs.items()})
+    both = with_adapters(AutoModelForCausalLM.from_pretrained(base), {n: p / "adapter" for n, p in outs.items()}, None, "test")
     assert set(both.peft_config) == {"first", "second"}
     side_by_side = {}
     for name, folder in outs.items():

@@ -79,8 +79,8 @@ def twin_models(base_folder, *, fix: bool = True, quantized=None):
             target.weight.data.copy_(weight)
             swapped += 1
     assert swapped == 7 * SHAPE.num_layers
-    quantised = adapters.add_adapter(quantised, CONFIG.lora, seed=0)
-    reference = adapters.add_adapter(reference, CONFIG.lora, seed=0)
+    quantised = adapters.add_adapter(quantised, CONFIG, base_folder)
+    reference = adapters.add_adapter(reference, CONFIG, base_folder)
     quantised.train(), reference.train()
     return quantised, reference
 
@@ -147,7 +147,7 @@ def test_gradients_differ_from_the_dequantised_reference_by_little(base_folder):
     from transformers import AutoModelForCausalLM
 
     quantised, _ = twin_models(base_folder)
-    original = adapters.add_adapter(AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32), CONFIG.lora, 0)
+    original = adapters.add_adapter(AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32), CONFIG, base_folder)
     batch = batches(1)[0]
     diff = abs(quantised(**batch).loss.item() - original(**batch).loss.item())
     assert diff > 1e-6

@@ -21,7 +21,7 @@ from typing import Any
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef, file_hash
 from smolforge.device import pick_device
-from smolforge.model_source import model_folder
+from smolforge.model_source import load_causal_lm, model_folder
 from smolforge.runtime import Runtime
 from smolforge.steps import artifact_step
 from smolforge.tasks.evaluate import chat, harness, perplexity  # noqa: F401 - registers the evaluation tasks
@@ -45,16 +45,15 @@ def evaluation_data(
 
 
 def load_subject(model: ArtifactRef, device: str) -> Subject:
-    """The model and its tokenizer, in eval mode; a model that cannot be loaded is named with why."""
-    from transformers import AutoModelForCausalLM
-
+    """The model and its tokenizer, in eval mode (a base with an unmerged adapter, as prefix and
+    prompt tuning leave it, with the adapter on); a model that cannot be loaded is named with why."""
     from smolforge.tasks.curate.tokenizer import load_tokenizer
 
     label = f"{model.kind}:{model.key[:12]}"
     try:
         folder = model_folder(model.path)
         tokenizer = load_tokenizer(str(folder))
-        loaded = AutoModelForCausalLM.from_pretrained(folder)
+        loaded = load_causal_lm(folder)
     except Exception as exc:  # noqa: BLE001 - any failure to load is reported the same way, with its cause
         raise EvaluationError(f"model {label} ({model.path}) cannot be loaded: {type(exc).__name__}: {exc}") from None
     target = pick_device(device)

@@ -1,4 +1,4 @@
-"""Load the base for a fine-tuning method, put LoRA adapters on it, merge them back.
+"""Load the base for a fine-tuning method, put a peft adapter on it, merge it back where it can be.
 
 * `lora`: the base in full precision, frozen; peft adds A and B to each target module.
 * `qlora`: the base as 4-bit blocks through transformers' bitsandbytes integration (NF4, double
@@ -7,10 +7,16 @@
   is read; then `peft.prepare_model_for_kbit_training` (norms and embeddings to fp32, input
   gradients on, gradient checkpointing), then the same adapters, which stay in full precision.
 * `full`: the base in full precision, every weight trained.
+* `ia3`: the base frozen; peft scales the outputs of the attention targets and the inputs of the
+  feed-forward ones by learned vectors. Merges like LoRA.
+* `prefix`, `prompt`: the base frozen; peft learns key/value prefixes in every layer (prefix) or
+  input embeddings in front of the record (prompt). Nothing to fold into a weight: the result is
+  the base plus the adapter beside it (`model_source.ADAPTERS`).
 
-The checks that need the model (target modules that exist, a rank no layer is too small for,
-bitsandbytes installed) run on the config alone, with the model built on the meta device, so a
-bad setting is refused in milliseconds, before data or weights are read.
+Every adapter is made from peft's own config class for its method (`peft_config`). The checks that
+need the model (target modules that exist, a rank no layer is too small for, bitsandbytes
+installed) run on the config alone, with the model built on the meta device, so a bad setting is
+refused in milliseconds, before data or weights are read.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ import torch
 from torch import nn
 
 from smolforge.errors import ConfigError
-from smolforge.model_source import model_folder
+from smolforge.model_source import keep_logits_to_inputs, model_folder
 from smolforge.tasks.finetune import quantize
-from smolforge.tasks.finetune.config import FinetuneConfig, LoraSettings
+from smolforge.tasks.finetune.config import FinetuneConfig
 
 
 def linear_layers(folder: Path) -> dict[str, tuple[int, int]]:
@@ -60,17 +66,20 @@ def check_against_model(config: FinetuneConfig, folder: Path) -> dict[str, tuple
             f"finetune.max_seq_len={config.max_seq_len} is longer than the base model's context "
             f"({context} positions, {model_folder(folder)}); use max_seq_len <= {context}"
         )
-    if config.method == "full":
+    if config.method in ("full", "prefix", "prompt"):  # no module is wrapped; the soft prompt's room is the config's check
         return {}
     layers = linear_layers(folder)
     short = sorted({name.rsplit(".", 1)[-1] for name in layers})
-    unknown = [t for t in config.lora.target_modules if t not in short]
+    setting, wanted = ("ia3", config.ia3.target_modules) if config.method == "ia3" else ("lora", config.lora.target_modules)
+    unknown = [t for t in wanted if t not in short]
     if unknown:
         raise ConfigError(
-            f"finetune.lora.target_modules: {unknown} are not linear modules of the base model "
+            f"finetune.{setting}.target_modules: {unknown} are not linear modules of the base model "
             f"({model_folder(folder)}); its linear modules are: {short}"
         )
-    targets = {n: shape for n, shape in layers.items() if n.rsplit(".", 1)[-1] in config.lora.target_modules}
+    targets = {n: shape for n, shape in layers.items() if n.rsplit(".", 1)[-1] in wanted}
+    if config.method == "ia3":
+        return targets
     smallest_name, smallest = min(targets.items(), key=lambda kv: min(kv[1]))
     if config.lora.r > min(smallest):
         raise ConfigError(
@@ -161,26 +170,45 @@ def load_base(folder: Path, config: FinetuneConfig, device: torch.device, quanti
     return model
 
 
-def lora_config(settings: LoraSettings) -> Any:
-    from peft import LoraConfig
+def peft_config(config: FinetuneConfig, tokenizer_folder: Path) -> Any:
+    """peft's own config for the method: LoraConfig (lora, qlora), IA3Config, PrefixTuningConfig or
+    PromptTuningConfig. A prompt initialised from text reads the base's tokenizer from its folder."""
+    import peft
 
-    return LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
+    common = {"task_type": "CAUSAL_LM"}
+    if config.method == "ia3":
+        return peft.IA3Config(
+            target_modules=list(config.ia3.target_modules), feedforward_modules=list(config.ia3.feedforward_modules), **common
+        )
+    if config.method == "prefix":
+        return peft.PrefixTuningConfig(
+            num_virtual_tokens=config.prefix.num_virtual_tokens, prefix_projection=config.prefix.projection, **common
+        )
+    if config.method == "prompt":
+        text = config.prompt.init_text
+        init = {"prompt_tuning_init": peft.PromptTuningInit.RANDOM}
+        if text is not None:
+            init = {
+                "prompt_tuning_init": peft.PromptTuningInit.TEXT, "prompt_tuning_init_text": text,
+                "tokenizer_name_or_path": str(tokenizer_folder),
+            }
+        return peft.PromptTuningConfig(num_virtual_tokens=config.prompt.num_virtual_tokens, **init, **common)
+    settings = config.lora
+    return peft.LoraConfig(
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules), bias="none", **common,
     )
 
 
-def add_adapter(model: nn.Module, settings: LoraSettings, seed: int) -> nn.Module:
-    """Wrap `model` with a fresh LoRA adapter named `default`; A's random init comes from `seed`."""
+def add_adapter(model: nn.Module, config: FinetuneConfig, tokenizer_folder: Path) -> nn.Module:
+    """Wrap `model` with a fresh adapter named `default` for `config.method`; its random
+    initialisation comes from `config.seed`."""
     from peft import get_peft_model
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return get_peft_model(model, lora_config(settings))
+        torch.manual_seed(config.seed)
+        model = get_peft_model(model, peft_config(config, tokenizer_folder))
+    return keep_logits_to_inputs(model)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -188,7 +216,8 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def merge_adapter(base_folder: Path, adapter_dir: Path) -> nn.Module:
-    """The base in full precision with the adapter folded into its weights (`merge_and_unload`).
+    """The base in full precision with the adapter folded into its weights (`merge_and_unload`;
+    LoRA and (IA)³ adapters, not soft prompts).
 
     For QLoRA this is the usual choice: the adapter goes onto the original weights, not onto their
     4-bit copy, so the merged model is a plain full-precision transformers model."""
@@ -197,18 +226,3 @@ def merge_adapter(base_folder: Path, adapter_dir: Path) -> nn.Module:
 
     base = AutoModelForCausalLM.from_pretrained(model_folder(base_folder), dtype=torch.float32)
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-
-
-def load_adapters(base_folder: Path, adapters: dict[str, Path]) -> Any:
-    """One base with several adapters side by side; `model.set_adapter(name)` picks the active one."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    if not adapters:
-        raise ValueError("load_adapters needs at least one adapter folder")
-    base = AutoModelForCausalLM.from_pretrained(model_folder(base_folder), dtype=torch.float32)
-    (first, first_dir), *rest = adapters.items()
-    model = PeftModel.from_pretrained(base, first_dir, adapter_name=first)
-    for name, folder in rest:
-        model.load_adapter(folder, adapter_name=name)
-    return model

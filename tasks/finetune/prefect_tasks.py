@@ -85,8 +85,10 @@ def finetune_stage(
     qlora, `quantized` is `quantize_stage`'s 4-bit copy of `base`, which training loads (the merged
     model is still made on `base`, in full precision).
 
-    Writes `adapter/` (lora, qlora) and `model/` (merged or fully trained, with the tokenizer),
-    `samples.json` and `data.json` (records read, kept, held out, dropped by reason)."""
+    Writes `adapter/` (every method but full) and `model/` (merged or fully trained, with the
+    tokenizer; for prefix and prompt tuning the base with the adapter beside it), `samples.json` and
+    `data.json` (records read, kept, held out, dropped by reason). Events such as `oom_recovered`
+    go to the run as metrics at their step and as `events.json`."""
     import mlflow
 
     tokenizer = load_tokenizer(str(model_folder(base.path)))
@@ -104,12 +106,24 @@ def finetune_stage(
             step=0,
         )
         log = BufferedMetrics(active.info.run_id)
+        events: list[dict[str, Any]] = []
+
+        def on_event(name: str, details: dict[str, Any]) -> None:
+            """An event is a metric at its step (so the UI shows when) and a line of `events.json`."""
+            events.append({"event": name, **details})
+            print(f"finetune: {name} {json.dumps(details)}")
+            if name == "oom_recovered":
+                log({"oom_recovered": float(details["micro_batch_size"])}, int(details["step"]))
+
         try:
             result = finetune_model(
-                config, base.path, loaded, out, log=log, quantized=None if quantized is None else quantized.path / "model"
+                config, base.path, loaded, out, log=log, quantized=None if quantized is None else quantized.path / "model",
+                on_event=on_event,
             )
         finally:
             log.flush()
+            if events:
+                mlflow.log_dict(events, "events.json")
         samples = json.loads((out / "samples.json").read_text(encoding="utf-8"))
         if samples:
             mlflow.log_table({k: [s[k] for s in samples] for k in ("prompt", "reference", "completion")}, "samples.json")

@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from prefect import task
 
 from smolforge import tracking
-from smolforge.artifacts import ArtifactRef, store_of
+from smolforge.artifacts import ArtifactRef, ArtifactStore, store_of
 from smolforge.tasks.curate.tokenizer import load_tokenizer
 from smolforge.tasks.registry import serving
 from smolforge.tasks.registry.lineage import version_lineage
@@ -100,6 +101,11 @@ def register_model(
                 pip_requirements=pip_requirements(),
             )
         version = mlflow.register_model(info.model_uri, name, tags={"smolforge.artifact_key": final.key, **lineage})
-        client.log_dict(run_id, version_lineage(store_of(final), name, version), "lineage.json")
+        log_lineage(run_id, store_of(final), name, version)
     client.set_registered_model_alias(name, "candidate", version.version)
     return {"name": name, "version": str(version.version), "uri": f"models:/{name}@candidate"}
+
+
+def log_lineage(run_id: str, store: ArtifactStore, name: str, version: Any) -> None:
+    """The chain behind a new version, as `lineage.json` in the run it was logged from."""
+    tracking.client().log_dict(run_id, version_lineage(store, name, version), "lineage.json")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from smolforge.artifacts import ARTIFACT_SPEC, ArtifactStore, find_artifact
-from smolforge.model_source import REGISTRY_SCHEMES, ModelSourceError, model_folder, registered_model
+from smolforge.model_source import REGISTRY_SCHEMES, ModelSourceError, load_causal_lm, model_folder, registered_model
 from smolforge.tasks.registry.serving import CHAT_TASK, turn_stop_ids
 
 # torch and transformers are imported where they are used: a registry lookup starts first (see above).
@@ -97,18 +97,20 @@ def ends_turns(generation_stops: int | list[int] | None, tokenizer: Any) -> bool
 
 
 def generate(
-    folder: Path, prompt: str, chat: bool | None, sampling: Sampling, tokenizer_folder: Path | None = None
+    folder: Path, prompt: str, chat: bool | None, sampling: Sampling, tokenizer_folder: Path | None = None,
+    adapter: str | None = None,
 ) -> str:
     """Stream the answer to `prompt` to stdout as it is generated and return it; `chat` None:
     a chat model when its generation config ends a turn. The tokenizer is read from `folder`
-    unless `tokenizer_folder` says where it is."""
+    unless `tokenizer_folder` says where it is. A folder that carries unmerged adapters (a base +
+    adapter registration) answers with `adapter` (default: `default`, else the first)."""
     import torch
-    from transformers import AutoModelForCausalLM, TextStreamer
+    from transformers import TextStreamer
 
     from smolforge.tasks.curate.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(tokenizer_folder or folder))
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    model = load_causal_lm(folder, adapter)
     model.eval()
     if chat is None:
         chat = ends_turns(model.generation_config.eos_token_id, tokenizer)
@@ -176,8 +178,11 @@ def _look_up(spec: str, scratch: Path, store: ArtifactStore) -> ModelFiles:
         lookup.shutdown(wait=False)  # the answer need not wait for the child to exit
 
 
-def generate_from(spec: str, prompt: str, store: ArtifactStore, sampling: Sampling, chat: bool | None = None) -> str:
-    """`generate` with the model `spec` names; `chat` None: as the model says it is (see above)."""
+def generate_from(
+    spec: str, prompt: str, store: ArtifactStore, sampling: Sampling, chat: bool | None = None, adapter: str | None = None
+) -> str:
+    """`generate` with the model `spec` names; `chat` None: as the model says it is (see above);
+    `adapter` picks one of a base + adapters model's adapters."""
     with tempfile.TemporaryDirectory(prefix="smolforge-generate-") as scratch:
         model = _look_up(spec, Path(scratch), store)
-        return generate(model.folder, prompt, model.chat if chat is None else chat, sampling, model.tokenizer)
+        return generate(model.folder, prompt, model.chat if chat is None else chat, sampling, model.tokenizer, adapter)
