@@ -50,10 +50,11 @@ def tiny_pipeline(sample_corpus) -> dict:
     return pipeline(load_config("tiny"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tiny_pipeline, session_home, outside_env):
-    """`smolforge up` on the session's project folder, shared by the tests of the team stack and
-    stopped (and checked to be gone) at the end of the session: see tests/stack_fixtures.py."""
+    """`smolforge up` on the session's project folder for one module's tests, stopped (and checked
+    to be gone) after them: see tests/stack_fixtures.py. Not shared across modules: an idle stack's
+    Prefect server would keep writing to the session's database under every later test."""
     from stack_fixtures import start_stack
 
     yield from start_stack(session_home, outside_env)

@@ -1,7 +1,7 @@
 """The team stack as tests use it: `smolforge up` on the session's project folder (where the tiny
-pipeline already ran, so the flow runs the tests submit come from the cache), up once for every
-test that asks for it and stopped by `smolforge down` at the end of the session, which checks that
-every process `up` started is gone. Helpers to run the command as a user does."""
+pipeline already ran, so the flow runs the tests submit come from the cache), up for one module's
+tests and stopped by `smolforge down` after them, which checks that every process `up` started is
+gone. Helpers to run the command as a user does."""
 
 import json
 import os
