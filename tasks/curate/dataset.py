@@ -141,14 +141,21 @@ class PartWriter:
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
-        sizes, start = _row_bytes(table), 0
+        sizes = _row_bytes(table)
+        ends = np.cumsum(sizes)  # bytes up to and including each row
+        start = 0
         while start < len(table):
             room = min(self.group_bytes, self.file_bytes - self._in_file) - self._pending_bytes
-            taken = int(np.searchsorted(np.cumsum(sizes[start:]), room, side="right"))
-            taken = max(taken, 1 if not self._pending else 0)  # a row larger than a group goes alone
+            before = int(ends[start - 1]) if start else 0
+            taken = int(np.searchsorted(ends, before + room, side="right")) - start
+            if not taken and not self._pending:
+                if self._in_file:  # the next row would take the file past its bound: start the next file
+                    self._close_file()
+                    continue
+                taken = 1  # a row larger than a group goes alone
             if taken:
                 self._pending.append(table.slice(start, taken))
-                self._pending_bytes += int(sizes[start : start + taken].sum())
+                self._pending_bytes += int(ends[start + taken - 1]) - before
                 start += taken
             if start < len(table):
                 self._flush()
@@ -165,8 +172,11 @@ class PartWriter:
         self._in_file += self._pending_bytes
         self._pending, self._pending_bytes = [], 0
         if self._in_file >= self.file_bytes:
-            self._writer.close()
-            self._writer, self._in_file = None, 0
+            self._close_file()
+
+    def _close_file(self) -> None:
+        self._writer.close()
+        self._writer, self._in_file = None, 0
 
     def close(self, suffix: str = "parquet") -> list[Path]:
         """Write what is left (an empty dataset still gets one file, so readers find its columns)."""

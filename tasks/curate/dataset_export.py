@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow.dataset as pds
 
-from smolforge.artifacts import ArtifactRef, ArtifactStore, atomic_folder
+from smolforge.artifacts import MANIFEST, ArtifactRef, ArtifactStore, atomic_folder
 from smolforge.tasks.curate import dataset, dataset_card
 from smolforge.tasks.curate.dataset import DatasetError
 
@@ -37,13 +37,16 @@ class Corpus:
 
 
 def corpora(store: ArtifactStore) -> list[Corpus]:
-    """Every complete corpus with a dataset, oldest first (by creation time, then key)."""
+    """Every corpus with a dataset, oldest first (by creation time, then key). A folder with a
+    manifest is complete (artifacts are renamed into place); its files are not hashed here, which
+    for a large corpus would read every byte of it to list it."""
     found = []
     for kind in KINDS:
-        for folder in sorted((store.root / kind).glob("*")):
-            ref = store.get(kind, folder.name)
-            if ref is None or not (folder / dataset.FOLDER / dataset.PROFILE).is_file():
+        for manifest in sorted((store.root / kind).glob(f"*/{MANIFEST}")):
+            folder = manifest.parent
+            if not (folder / dataset.FOLDER / dataset.PROFILE).is_file():
                 continue
+            ref = store.ref(kind, folder.name)
             found.append(Corpus(ref, ref.manifest().get("created", ""), dataset.read_profile(folder / dataset.FOLDER)))
     return sorted(found, key=lambda c: (c.created, c.ref.key))
 
