@@ -3,10 +3,10 @@
 The data is a corpus record like curation's (`corpus.json`), so the training code reads it
 unchanged: the new documents' packed sources (`new.<source>`) beside the earlier corpora's
 (`<source>.<corpus key prefix>`), the tokenizer they share, the file table the next retrain diffs
-against and the corpora it replays. Its `dataset/` holds the same documents as the corpora's
-datasets do (the replayed ones without the documents of files changed or deleted since). The stage mixes the new data with a share of replay, the usual
-guard against forgetting what the earlier corpora taught, and re-warms the learning rate before it
-decays over the stage.
+against and the corpora it replays; its `dataset/` holds the documents of the corpora's datasets
+that it trains on (the replayed ones without the documents of files changed or deleted since).
+The stage mixes the new data with a share of replay, the usual guard against forgetting what the
+earlier corpora taught, and re-warms the learning rate before it decays over the stage.
 """
 
 from __future__ import annotations
