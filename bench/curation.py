@@ -402,6 +402,14 @@ def settle_prefect() -> None:
         pass
 
 
+def shut_down() -> None:
+    """Stop the worker pool and let Prefect's temporary server settle, whatever the bench got to."""
+    if "smolforge.parallel" in sys.modules:
+        sys.modules["smolforge.parallel"].shutdown()
+    if "prefect" in sys.modules:
+        settle_prefect()
+
+
 def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     overridden = prepare_environment(root)
     if overridden:
@@ -532,10 +540,7 @@ def main() -> None:
     except BenchError as exc:
         sys.exit(f"benchmark failed: {exc}")
     finally:
-        if "smolforge.parallel" in sys.modules:
-            sys.modules["smolforge.parallel"].shutdown()
-        if "prefect" in sys.modules:
-            settle_prefect()
+        shut_down()
         if args.keep:
             log(f"kept {root}")
         else:

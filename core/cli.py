@@ -530,6 +530,82 @@ def rollback(
     print_promotion(result)
 
 
+dataset_app = typer.Typer(help="The curated documents of a corpus as a dataset: show it, export a copy.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+CorpusArgument = Annotated[str, typer.Argument(metavar="KEY", help="A corpus key (or its first 6+ characters), or `latest`.")]
+
+
+def _corpus(spec: str):
+    from smolforge.artifacts import ArtifactStore
+    from smolforge.environment import project_home
+    from smolforge.tasks.curate.dataset import DatasetError
+    from smolforge.tasks.curate.dataset_export import find_corpus
+
+    try:
+        return find_corpus(ArtifactStore(project_home() / "artifacts"), spec)
+    except DatasetError as exc:
+        _fail(str(exc))
+
+
+@dataset_app.command("show")
+def dataset_show(
+    key: CorpusArgument,
+    samples: Annotated[int, typer.Option(min=0, help="Sample documents per source and language.")] = 2,
+    chars: Annotated[int, typer.Option(min=20, help="Characters of each sample shown.")] = 200,
+) -> None:
+    """The dataset card's numbers and a few documents per source and language."""
+    from smolforge.tasks.curate.dataset import samples as first_rows
+
+    corpus = _corpus(key)
+    p = corpus.profile
+    console.print(f"{corpus.ref.kind} [bold]{corpus.ref.key}[/] ({corpus.created}): {corpus.folder}")
+    console.print(f"{p['rows']:,} documents, {p['chars']:,} characters, {p['tokens']:,} tokens, {p['files']} file(s), {_size(p['bytes'])}")
+    table = _stage_table("sources", ("source", "documents", "characters", "tokens"))
+    for source, v in p["sources"].items():
+        table.add_row(source, f"{v['rows']:,}", f"{v['chars']:,}", f"{v['tokens']:,}")
+    console.print(table)
+    console.print("languages: " + ", ".join(f"{lang} {n:,}" for lang, n in p["languages"].items()))
+    record = corpus.ref.path / "corpus.json"
+    funnel = json.loads(record.read_text(encoding="utf-8")).get("funnel", []) if record.is_file() else []
+    if funnel:
+        console.print("documents per step: " + ", ".join(f"{r['step']} {r['docs_in']:,} → {r['docs_out']:,}" for r in funnel))
+    for part in p.get("parts", []):
+        console.print(f"from corpus {part['corpus']}: {part['rows']:,} documents ({part['left_out']:,} of changed or deleted files left out)")
+    if samples:
+        for row in first_rows(corpus.folder, samples):
+            text = " ".join(row["text"].split())
+            console.print(f"[bold]{row['id']}[/] ({row['source']}, {row['language']}, {row['tokens']} tokens)", highlight=False)
+            console.print(f"  {text[:chars]}{'…' if len(text) > chars else ''}", highlight=False, markup=False)
+
+
+@dataset_app.command("export")
+def dataset_export(
+    key: CorpusArgument,
+    dest: Annotated[Path, typer.Argument(metavar="DEST", help="Folder to write into (must be empty or absent, unless --overwrite).")],
+    format_: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    source: Annotated[Optional[str], typer.Option(help="Only the documents of this source.")] = None,
+    language: Annotated[Optional[str], typer.Option(help="Only the documents in this language (ISO 639-1).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace what DEST holds.")] = False,
+    push_to_hub: Annotated[Optional[str], typer.Option(metavar="REPO", help="Then upload DEST to this hub dataset repository (needs a token and a network).")] = None,
+) -> None:
+    """Write a copy of a corpus's documents (all, or one source or language) with its card."""
+    from smolforge.tasks.curate.dataset import DatasetError
+    from smolforge.tasks.curate.dataset_export import export, push_to_hub as push
+
+    corpus = _corpus(key)
+    try:
+        written = export(corpus, dest, fmt=format_, source=source, language=language, overwrite=overwrite)
+    except DatasetError as exc:
+        _fail(str(exc))
+    console.print(f"wrote {written['rows']:,} documents in {written['files']} {format_} file(s), {_size(written['bytes'])}, to {written['dest']}")
+    if push_to_hub:
+        try:
+            url = push(Path(written["dest"]), push_to_hub)
+        except DatasetError as exc:
+            _fail(str(exc))
+        console.print(f"uploaded to {url}")
+
+
 @app.command("sample-corpus")
 def sample_corpus(
     dest: Annotated[Path, typer.Argument(help="Folder to write the corpus into.")],

@@ -54,7 +54,8 @@ STAGES = (
         "smolforge.flows.curate:curate",
         fans_out=True,
         artifacts=(
-            "extracted", "language", "quality", "pii", "minhash", "dedup_plan", "deduped", "tokenizer", "tokens", "corpus",
+            "extracted", "language", "quality", "pii", "minhash", "dedup_plan", "deduped", "tokenizer", "tokens", "dataset",
+            "corpus",
         ),
     ),
     Stage("pretrain", "smolforge.flows.pretrain:pretrain", sweepable=True, gpu=True, artifacts=("pretrained",)),

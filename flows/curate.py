@@ -1,6 +1,6 @@
 """The curation flow (FineWeb / FinePDFs style): raw files in, a curated, tokenized corpus out.
 
-extract -> language -> quality -> pii -> dedup (signatures, plan, apply) -> tokenizer -> pack -> corpus
+extract -> language -> quality -> pii -> dedup (signatures, plan, apply) -> tokenizer -> pack -> dataset -> corpus
 
 Shards move through the per-document steps independently (a shard's language step starts as soon
 as its extraction is done); the flow body only wires futures together and then logs the result.
@@ -120,9 +120,12 @@ def curate(config: PipelineConfig, upstream: PipelineResult | None = None, paren
     packed = {name: f.result() for name, f in packed_futs.items()}
     clock.lap("pack")
 
+    documents = t.dataset_task(deduped_refs, plan, packed, [f.result() for f in steps["quality"]], cfg.dataset, runtime)
+    clock.lap("dataset")
+
     step_refs = {name: [f.result() for f in futs] for name, futs in steps.items() if name != "minhash"}
     step_refs["dedup"] = all_shards
-    corpus = t.corpus_task(step_refs, plan, tokenizer, packed, runtime)
+    corpus = t.corpus_task(step_refs, plan, tokenizer, packed, documents, runtime)
     report = json.loads((corpus.path / "corpus.json").read_text(encoding="utf-8"))
     clock.lap("report")
     # a corpus this project curated before keeps the run that recorded it: no second, identical run
@@ -156,9 +159,12 @@ def log_curation(
     data_dir: Path,
     parent_run_id: str | None,
 ) -> str:
-    """Params, funnel metrics, the funnel and drop tables, the chart, the dropped-document list and the datasets."""
+    """Params, funnel metrics, the funnel and drop tables, the chart, the dropped-document list, the
+    raw inputs and the curated dataset."""
     import mlflow
     import pandas as pd
+
+    from smolforge.tasks.curate import dataset_mlflow  # imports MLflow's dataset classes
 
     # A local folder matches two of MLflow's dataset-source types and integer columns trigger a
     # schema hint; both warnings are about model signatures we do not use here.
@@ -191,9 +197,5 @@ def log_curation(
             frame = pd.DataFrame([{"path": f.rel, "xxh3": f.xxh3} for f in inputs])
             raw = mlflow.data.from_pandas(frame, source=str(data_dir), name=f"raw-{source}")
             mlflow.log_input(raw, context="raw")
-        sources = pd.DataFrame(
-            [{"source": s, **{f"{k}_tokens": v.get(k, {}).get("n_tokens", 0) for k in ("train", "val")}} for s, v in report["sources"].items()]
-        )
-        curated = mlflow.data.from_pandas(sources, source=corpus.uri, name="curated-corpus", digest=corpus.key[:16])
-        mlflow.log_input(curated, context="curated")
+        dataset_mlflow.log_dataset(corpus, context="curated")
         return active.info.run_id

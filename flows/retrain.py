@@ -218,8 +218,10 @@ def retrain(config: PipelineConfig, upstream: PipelineResult | None = None, pare
 
         new = {f"{NEW}{source}": _folder("tokens", entry["uri"]) for source, entry in record["sources"].items()}
         sources = {**new, **_replay(corpora, table, diff, runtime)}
-        lineage = [c.key for c in corpora] + [delta.corpus.key]
-        data = retrain_data(sources, _folder("tokenizer", record["tokenizer"]), updated_table(table, diff, delta.corpus.key), lineage, runtime)
+        lineage = [*corpora, delta.corpus]
+        data = retrain_data(
+            sources, _folder("tokenizer", record["tokenizer"]), updated_table(table, diff, delta.corpus.key), lineage, cfg.dataset, runtime
+        )
         result.data = data
         data_sources = CorpusSources.from_corpus_json(data.path)
         try:

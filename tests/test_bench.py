@@ -26,6 +26,7 @@ TABLES = {
     "cli.py": ["Start-up", "Re-run with nothing changed", "second/first: median"],
     "retrain.py": ["Retrain against the first pipeline run", "retrain/pipeline: median"],
     "stack.py": ["`smolforge up`", "sqlite", "submit/run: median"],
+    "dataset.py": ["Dataset write as a share of curation", "dataset share of curation: median", "pandas jsonl / datasets parquet"],
 }
 TEST = "test_quick_mode_completes_and_prints_its_tables"
 AT_ONCE = 2  # most of a quick run is process start-up, imports and Prefect's temporary server, which overlap
@@ -40,7 +41,10 @@ def quick_runs(request, tmp_path_factory, outside_env, sample_corpus):
     def run(script: str) -> subprocess.CompletedProcess:
         folder = tmp_path_factory.mktemp(script.removesuffix(".py"))
         # the benches that curate read the session's sample corpus instead of building their own
-        extra = {"cli.py": ["--data-dir"], "retrain.py": ["--data-dir"], "stack.py": ["--data-dir"], "curation.py": ["--corpus"]}.get(script, [])
+        extra = {
+            "cli.py": ["--data-dir"], "retrain.py": ["--data-dir"], "stack.py": ["--data-dir"], "curation.py": ["--corpus"],
+            "dataset.py": ["--corpus"],
+        }.get(script, [])
         extra = [*extra, str(sample_corpus)] if extra else []
         return subprocess.run(
             [sys.executable, str(BENCH / script), "--quick", *extra], cwd=folder, env={**outside_env, "TMPDIR": str(folder)},

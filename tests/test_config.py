@@ -72,7 +72,7 @@ def test_apply_override_parses_yaml_values():
 @pytest.mark.parametrize(
     "override, where, closest, valid",
     [
-        ("curate.languag.threshold=0.5", "curate.languag", "language", "data_dir, dedup, extract, language, pack"),
+        ("curate.languag.threshold=0.5", "curate.languag", "language", "data_dir, dataset, dedup, extract, language, pack"),
         ("pretrain.model.hidden=64", "pretrain.model.hidden", "hidden_size", "hidden_size, intermediate_size"),
         ("curate.sources.0.pth=x", "curate.sources.0.pth", "path", "kind, language, name, path"),
     ],

@@ -116,9 +116,12 @@ def test_mlflow_has_parent_and_child_runs_with_metrics_artifacts_datasets(first_
 
 def test_rerun_with_nothing_changed_does_no_work(first_run, store):
     before = manifests(store)
+    files = sorted(first_run.curate.corpus.path.glob("dataset/data/*.parquet"))
+    written = [f.stat().st_mtime_ns for f in files]
     again = pipeline(tiny())
     assert again.curate.corpus == first_run.curate.corpus
     assert manifests(store) == before
+    assert files and [f.stat().st_mtime_ns for f in files] == written  # the dataset is not rewritten
 
 
 def test_one_changed_threshold_reruns_that_step_and_what_follows(first_run, store):

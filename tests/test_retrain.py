@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from test_pack import make_docs
 from transformers import AutoModelForCausalLM
@@ -90,6 +91,13 @@ def test_a_retrain_reads_only_what_changed_starts_from_the_champion_and_then_fin
     assert f"web/{EDITED}" in fresh and f"web/{EDITED}" not in replayed and f"web/{DELETED}" not in replayed
     assert f"web/{EDITED}" in _ids(Path(json.loads((tiny_pipeline.curate.corpus.path / "corpus.json").read_text())["sources"]["web"]["uri"]))
     assert {f"web/{name}" for name in new_pages} <= fresh
+    # its dataset holds the documents it trains on, each corpus's part sorted; the stage logged it as its input
+    rows = pq.read_table(result.data.path / "dataset" / "data").select(["id", "source"]).to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(replayed | fresh)
+    parts = [rows[: len(rows) - len(fresh)], rows[len(rows) - len(fresh) :]]  # the earlier corpus, then the new one
+    assert all([(r["source"], r["id"]) for r in part] == sorted((r["source"], r["id"]) for r in part) for part in parts)
+    stage_run = tracking.client().get_run(result.stages.pretrain.stages[0]["mlflow_run_id"])
+    assert [i.dataset.name for i in stage_run.inputs.dataset_inputs] == ["retrain-corpus"]
     # both new versions say where they came from; the gate decided on each
     for registered in (result.stages.pretrain.registered, result.stages.finetune.registered):
         tags = tracking.client().get_model_version(registered.name, registered.version).tags

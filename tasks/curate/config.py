@@ -164,6 +164,17 @@ class PackConfig(Strict):
     seed: int = Field(0, description="Seed of the draw of validation documents.")
 
 
+class DatasetConfig(Strict):
+    """The curated documents as a Parquet dataset in the corpus (`dataset/`), for people and other tools."""
+
+    max_file_mb: int = Field(
+        256, ge=1, description="A Parquet file takes rows until this much data is written into it (MB, before compression), then the next file starts."
+    )
+    row_group_mb: int = Field(
+        32, ge=1, description="Rows per row group up to this size (MB, before compression): the unit a streaming reader fetches."
+    )
+
+
 class CurateConfig(Strict):
     sources: list[SourceConfig] = Field(min_length=1, description="The inputs: one entry per source (name, kind, path, language).")
     data_dir: str | None = Field(None, description="Root for relative source paths (default: the sample corpus folder).")
@@ -177,6 +188,7 @@ class CurateConfig(Strict):
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and MinHash deduplication.")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="The tokenizer trained on (or adopted for) the curated text.")
     pack: PackConfig = Field(default_factory=PackConfig, description="Token shards and the validation split.")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="The curated documents as Parquet files with a dataset card.")
 
     def data_folder(self, home: Path) -> Path:
         """Where relative source paths resolve: `data_dir`, else the sample corpus in the project folder."""

@@ -46,6 +46,7 @@ class StepResult:
     kept: list[Doc] = field(default_factory=list)
     dropped: list[Drop] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)  # step-specific counts, e.g. PII's docs_masked
+    signals: dict[str, dict[str, float]] = field(default_factory=dict)  # kept doc id -> measures the step took of it
 
     def drop(self, doc: Doc, step: str, reason: str, detail: str = "") -> None:
         self.dropped.append(Drop(doc.id, doc.source, step, reason, len(doc.text), detail))
@@ -106,6 +107,14 @@ def write_drops(drops: list[Drop], path: Path) -> None:
 def read_docs(path: Path) -> list[Doc]:
     names = [f.name for f in fields(Doc)]
     return [Doc(**{k: row[k] for k in names}) for row in pq.read_table(path).to_pylist()]
+
+
+def write_signals(signals: dict[str, dict[str, float]], path: Path) -> None:
+    """Per-document measures (one column each, the document's id first) of a step that takes them."""
+    names = sorted({name for values in signals.values() for name in values})
+    rows = [{"id": doc_id, **{n: values.get(n) for n in names}} for doc_id, values in signals.items()]
+    schema = pa.schema([("id", pa.string()), *((n, pa.float64()) for n in names)])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, compression="zstd")
 
 
 def read_drops(path: Path) -> list[Drop]:

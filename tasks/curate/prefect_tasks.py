@@ -21,8 +21,9 @@ from smolforge.artifacts import ArtifactRef, stable_hash
 from smolforge.parallel import run_cpu
 from smolforge.runtime import Runtime
 from smolforge.steps import artifact_step
-from smolforge.tasks.curate import dedup, pack, stats, tokenizer, work
+from smolforge.tasks.curate import dataset, dataset_card, dedup, pack, stats, tokenizer, work
 from smolforge.tasks.curate.config import (
+    DatasetConfig,
     DedupConfig,
     ExtractConfig,
     LanguageConfig,
@@ -140,17 +141,53 @@ def pack_task(
     return pack.pack_documents(docs, tok, out, val_fraction=cfg.val_fraction, seed=cfg.seed)
 
 
-@artifact_step("corpus", code=(_CODE / "stats.py",))
+@artifact_step("dataset", code=(_CODE / "dataset.py",))
+def dataset_task(
+    out: Path,
+    shards: dict[str, list[ArtifactRef]],
+    plan: ArtifactRef,
+    packed: dict[str, ArtifactRef],
+    measured: list[ArtifactRef],
+    cfg: DatasetConfig,
+    runtime: Runtime,
+) -> dict:
+    """The kept documents of every source as bounded Parquet files, sorted by source then id, with
+    their token counts, duplicate clusters and the measures the `measured` step artifacts took of
+    them (the corpus links the files into its `dataset/`)."""
+    duplicates = json.loads((plan.path / "duplicates.json").read_text(encoding="utf-8"))
+    files = {source: [ref.path / DOCS for ref in refs] for source, refs in shards.items()}
+    folders = {source: ref.path for source, ref in packed.items()}
+    signals = [ref.path / work.SIGNALS for ref in measured if (ref.path / work.SIGNALS).is_file()]
+    profile = dataset.write_dataset(out, files, folders, duplicates, signals, cfg.max_file_mb, cfg.row_group_mb)
+    return {k: profile[k] for k in ("rows", "chars", "tokens", "files", "bytes")}
+
+
+def _step_settings(steps: dict[str, list[ArtifactRef]], plan: ArtifactRef, tokenizer_ref: ArtifactRef, packed: dict[str, ArtifactRef]) -> dict:
+    """The configuration each step ran with, read back from its artifacts (so the card says what
+    made the corpus, not what a config file says now)."""
+    settings: dict = {"sources": {}}
+    for ref in steps.get("extract", []):
+        config = ref.manifest()["config"]
+        settings["sources"][config["source"]["name"]] = config["source"]
+    firsts = {step: refs[0] for step, refs in steps.items() if refs and step != "dedup"}
+    firsts.update({"dedup": plan, "tokenizer": tokenizer_ref, **({"pack": next(iter(packed.values()))} if packed else {})})
+    for step, ref in firsts.items():
+        settings[step] = ref.manifest()["config"].get("cfg")
+    return settings
+
+
+@artifact_step("corpus", code=(_CODE / "stats.py", _CODE / "dataset_card.py"))
 def corpus_task(
     out: Path,
     steps: dict[str, list[ArtifactRef]],
     plan: ArtifactRef,
     tokenizer_ref: ArtifactRef,
     packed: dict[str, ArtifactRef],
+    documents: ArtifactRef,
     runtime: Runtime,
 ) -> dict:
-    """The curated corpus: token shards per source, tokenizer, dedup index, statistics and the
-    list of every dropped document with its reason."""
+    """The curated corpus: token shards per source, tokenizer, dedup index, statistics, the list of
+    every dropped document with its reason, and the kept documents as a dataset with its card."""
     per_step = {step: stats.add_up([ref.manifest()["metrics"] for ref in refs]) for step, refs in steps.items()}
     per_source: dict[str, dict[str, Any]] = {}
     for name, ref in packed.items():
@@ -171,6 +208,10 @@ def corpus_task(
         "tokens": tokens,
     }
     (out / "corpus.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    folder = out / dataset.FOLDER
+    dataset.link_dataset(documents.path, folder)
+    title = "smolforge curated corpus: " + ", ".join(sorted(packed))
+    dataset_card.write_card(folder, dataset.read_profile(folder), title, report, _step_settings(steps, plan, tokenizer_ref, packed))
     return {"documents": rows[-1]["docs_out"] if rows else 0, "tokens": tokens, "dropped": len(drops)}
 
 

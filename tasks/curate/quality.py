@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
+import pyarrow as pa
 from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
 from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION, split_into_sentences
@@ -321,6 +322,36 @@ class FineWeb:
         return None
 
 
+# What the rules test, measured on the text a kept document leaves the step with: its columns
+# `quality_<name>` in the corpus's dataset, to filter it further without running the rules again.
+SIGNALS: dict[str, pa.DataType] = {
+    "words": pa.int64(),  # words that are not only punctuation (Gopher quality's count)
+    "mean_word_length": pa.float64(),  # their mean length in characters
+    "stop_words": pa.int64(),  # distinct stop words of the document's language present
+    "line_punct_ratio": pa.float64(),  # non-empty lines ending in terminal punctuation (FineWeb)
+    "short_line_ratio": pa.float64(),  # non-empty lines of at most `short_line_length` characters (FineWeb)
+    "dup_line_char_ratio": pa.float64(),  # characters in lines repeating an earlier one (FineWeb)
+    "newlines_per_word": pa.float64(),  # FineWeb's list rule
+}
+
+
+def measure(doc: DocFeatures, stop_words: set[str], short_line_length: int) -> dict[str, float]:
+    """The `SIGNALS` of one document, reading the words and lines the rules derived already."""
+    text, words = doc.text, doc.words
+    non_symbol = [w for w in words if any(ch not in PUNCTUATION_SET for ch in w)]
+    lines = [line for line in text.split("\n") if line.strip() != ""]
+    share = (lambda n: n / len(lines)) if lines else (lambda n: 0.0)
+    return {
+        "words": len(non_symbol),
+        "mean_word_length": float(np.mean([len(w) for w in non_symbol])) if non_symbol else 0.0,
+        "stop_words": len(stop_words.intersection(doc.word_set)),
+        "line_punct_ratio": share(sum(line.endswith(FineWeb.stop_chars) for line in lines)),
+        "short_line_ratio": share(sum(len(line) <= short_line_length for line in lines)),
+        "dup_line_char_ratio": find_duplicates(lines)[1] / max(len(text.replace("\n", "")), 1),
+        "newlines_per_word": text.count("\n") / max(len(words), 1),
+    }
+
+
 RULE_SETS: dict[str, type] = {
     "gopher_repetition": GopherRepetition,
     "gopher_quality": GopherQuality,
@@ -331,7 +362,8 @@ RULE_SETS: dict[str, type] = {
 
 @dataclass
 class QualityStep(Step):
-    """The enabled rule sets (a `None` section is off); a drop's reason is `<rule set>/<datatrove reason>`."""
+    """The enabled rule sets (a `None` section is off); a drop's reason is `<rule set>/<datatrove reason>`.
+    Each kept document's `SIGNALS` are measured once its text is final."""
 
     cfg: QualityConfig
     name: ClassVar[str] = STEP
@@ -368,4 +400,11 @@ class QualityStep(Step):
             else:
                 doc.text = features.text  # C4's line rules may have removed lines
                 result.kept.append(doc)
+                language = doc.language or "en"
+                stop_words = set(STOP_WORDS.get(language, STOP_WORDS["en"]))
+                result.signals[doc.id] = measure(features, stop_words, self._short_line_length)
         return result
+
+    @property
+    def _short_line_length(self) -> int:
+        return (self.cfg.fineweb or FineWebRulesConfig()).short_line_length

@@ -2,8 +2,9 @@
 
 No Prefect here: a cold pool worker imports this module (to unpickle the function) and the
 step's own module, never the task module, which imports Prefect (≈ 2 s of a worker's start-up).
-Each function reads its input shard, runs the step, writes `docs.parquet` (kept documents) and
-`drops.parquet` (removed documents with their reason) into `out`, and returns the shard's metrics.
+Each function reads its input shard, runs the step, writes `docs.parquet` (kept documents),
+`drops.parquet` (removed documents with their reason) and, for a step that measures documents,
+`signals.parquet` (a column per measure) into `out`, and returns the shard's metrics.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from pathlib import Path
 
 from smolforge.tasks.curate import dedup, extract, stats
 from smolforge.tasks.curate.config import ExtractConfig, SourceConfig
-from smolforge.tasks.curate.documents import Step, StepResult, read_docs, write_docs, write_drops
+from smolforge.tasks.curate.documents import Step, StepResult, read_docs, write_docs, write_drops, write_signals
 
-DOCS, DROPS = "docs.parquet", "drops.parquet"
+DOCS, DROPS, SIGNALS = "docs.parquet", "drops.parquet", "signals.parquet"
 
 
 def write_result(out: Path, result: StepResult) -> None:
     write_docs(result.kept, out / DOCS)
     write_drops(result.dropped, out / DROPS)
+    if result.signals:
+        write_signals(result.signals, out / SIGNALS)
 
 
 def extract_files(files: list[tuple[str, str]], source: SourceConfig, cfg: ExtractConfig, out: str) -> dict:

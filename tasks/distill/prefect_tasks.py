@@ -87,6 +87,10 @@ def distill_stage(
     with tracking.run("distill", runtime.experiment, runtime.parent_run_id, tags=tags) as active:
         import mlflow
 
+        from smolforge.tasks.curate import dataset_mlflow
+
+        dataset_mlflow.log_dataset(corpus, context="training")
+
         tracking.log_params(
             {
                 "student": config.student.resolve().model_dump(),

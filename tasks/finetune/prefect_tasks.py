@@ -98,6 +98,12 @@ def finetune_stage(
     summary = {**loaded.summary(), "files": data}
     with tracking.run("finetune", runtime.experiment, runtime.parent_run_id, tags={"smolforge.base_key": base.key}) as active:
         tracking.log_params({"finetune": config.model_dump(mode="json"), "base_key": base.key})
+        from smolforge.tasks.curate import dataset_mlflow
+
+        # The chat data is logged as data.json; the corpus the base learnt from is this run's input too.
+        corpus = dataset_mlflow.corpus_behind(base, runtime.store)
+        if corpus is not None:
+            dataset_mlflow.log_dataset(corpus, context="base-training")
         mlflow.log_dict(summary, "data.json")
         mlflow.log_metrics({f"data.dropped.{reason}": float(n) for reason, n in loaded.dropped.items()}, step=0)
         mlflow.log_metrics(

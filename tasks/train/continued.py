@@ -3,9 +3,10 @@
 The data is a corpus record like curation's (`corpus.json`), so the training code reads it
 unchanged: the new documents' packed sources (`new.<source>`) beside the earlier corpora's
 (`<source>.<corpus key prefix>`), the tokenizer they share, the file table the next retrain diffs
-against and the corpora it replays. The stage mixes the new data with a share of replay, the usual
-guard against forgetting what the earlier corpora taught, and re-warms the learning rate before it
-decays over the stage.
+against and the corpora it replays; its `dataset/` holds the documents of the corpora's datasets
+that it trains on (the replayed ones without the documents of files changed or deleted since).
+The stage mixes the new data with a share of replay, the usual guard against forgetting what the
+earlier corpora taught, and re-warms the learning rate before it decays over the stage.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 from smolforge.artifacts import ArtifactRef
 from smolforge.runtime import Runtime
 from smolforge.steps import artifact_step
+from smolforge.tasks.curate import dataset, dataset_card
+from smolforge.tasks.curate.config import DatasetConfig
 from smolforge.tasks.curate.incremental import FILES, FileTable
 from smolforge.tasks.train.config import PretrainSection, RetrainConfig, StageConfig
 from smolforge.tasks.train.data import CorpusSources
@@ -31,21 +34,34 @@ def replay_name(source: str, corpus_key: str) -> str:
     return f"{source}.{corpus_key[:8]}"
 
 
-@artifact_step("retrain-data")
+@artifact_step("retrain-data", code=(Path(dataset.__file__), Path(dataset_card.__file__)))
 def retrain_data(
-    out: Path, sources: dict[str, ArtifactRef], tokenizer: ArtifactRef, files: FileTable, corpora: list[str], runtime: Runtime
+    out: Path,
+    sources: dict[str, ArtifactRef],
+    tokenizer: ArtifactRef,
+    files: FileTable,
+    corpora: list[ArtifactRef],
+    cfg: DatasetConfig,
+    runtime: Runtime,
 ) -> dict[str, Any]:
-    """The corpus record a retrain trains and evaluates on, with the lineage the next one reads."""
+    """The corpus record a retrain trains and evaluates on, with the lineage the next one reads, and
+    the documents it trains on as a dataset (each corpus's that `files` says it still holds)."""
+    keys = [c.key for c in corpora]
     entries = {name: {"uri": ref.uri, **ref.manifest()["metrics"]} for name, ref in sources.items()}
-    record = {"sources": entries, "tokenizer": tokenizer.uri, "corpora": corpora}
+    record = {"sources": entries, "tokenizer": tokenizer.uri, "corpora": keys}
     (out / "corpus.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     (out / FILES).write_text(json.dumps(files, sort_keys=True), encoding="utf-8")
-    (out / CORPORA).write_text(json.dumps(corpora), encoding="utf-8")
+    (out / CORPORA).write_text(json.dumps(keys), encoding="utf-8")
+    parts = [(c.key, c.path / dataset.FOLDER, files) for c in corpora]
+    profile = dataset.select_dataset(out / dataset.FOLDER, parts, cfg.max_file_mb, cfg.row_group_mb)
+    title = "smolforge retrain corpus: " + ", ".join(sorted(profile["sources"]))
+    dataset_card.write_card(out / dataset.FOLDER, profile, title)
     tokens = {name: e.get("train", {}).get("n_tokens", 0) for name, e in entries.items()}
     return {
         "new_tokens": sum(n for name, n in tokens.items() if name.startswith(NEW)),
         "replay_tokens": sum(n for name, n in tokens.items() if not name.startswith(NEW)),
         "files": sum(len(f) for f in files.values()),
+        "documents": profile["rows"],
     }
 
 

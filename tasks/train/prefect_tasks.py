@@ -78,6 +78,9 @@ def pretrain_stage(
     `workdir`, so a retry or a re-run after a crash resumes the stage instead of restarting it."""
     name = config.stages[stage_index].name
     with tracking.run(f"pretrain-{name}", runtime.experiment, runtime.parent_run_id) as active:
+        from smolforge.tasks.curate import dataset_mlflow  # MLflow's dataset classes, for a stage that trains
+
+        dataset_mlflow.log_dataset(corpus, context="training")
         spec = StageSpec(
             out=out, workdir=workdir, corpus=corpus.path, previous=previous.path if previous else None,
             stage_index=stage_index, config=config, rates=rates, start=start, run_id=active.info.run_id,
