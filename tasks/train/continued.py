@@ -33,11 +33,19 @@ def replay_name(source: str, corpus_key: str) -> str:
 
 @artifact_step("retrain-data")
 def retrain_data(
-    out: Path, sources: dict[str, ArtifactRef], tokenizer: ArtifactRef, files: FileTable, corpora: list[str], runtime: Runtime
+    out: Path,
+    sources: dict[str, ArtifactRef],
+    tokenizer: ArtifactRef,
+    files: FileTable,
+    corpora: list[str],
+    repacked: dict[str, dict[str, str | None]],
+    runtime: Runtime,
 ) -> dict[str, Any]:
-    """The corpus record a retrain trains and evaluates on, with the lineage the next one reads."""
+    """The corpus record a retrain trains and evaluates on, with the lineage the next one reads;
+    `repacked` names the corpora whose documents were packed again with the champion's tokenizer
+    (corpus key -> {"from": their own tokenizer's fingerprint, "to": the champion's})."""
     entries = {name: {"uri": ref.uri, **ref.manifest()["metrics"]} for name, ref in sources.items()}
-    record = {"sources": entries, "tokenizer": tokenizer.uri, "corpora": corpora}
+    record = {"sources": entries, "tokenizer": tokenizer.uri, "corpora": corpora, "repacked": repacked}
     (out / "corpus.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     (out / FILES).write_text(json.dumps(files, sort_keys=True), encoding="utf-8")
     (out / CORPORA).write_text(json.dumps(corpora), encoding="utf-8")
