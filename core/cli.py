@@ -422,6 +422,8 @@ def _add_artifact(parent, node: dict) -> None:
     if "retrain_data" in node:
         sources = ", ".join(f"{name} {s['documents']} docs" for name, s in node["retrain_data"].items())
         branch.add(f"retrain data (new documents, then replay): {sources}")
+        for key, fingerprints in node.get("repacked", {}).items():
+            branch.add(f"corpus {key} re-packed for replay with the champion's tokenizer {fingerprints['to']} (was {fingerprints['from']})")
     for item in node.get("inputs", []):
         _add_artifact(branch, item)
 

@@ -185,6 +185,7 @@ class RetrainResult(StageResult):
     start: str
     files: dict[str, int]
     corpora: list[str]  # the earlier corpora replayed, oldest first
+    repacked: dict[str, dict[str, str | None]] = {}  # corpus key -> {"from", "to"}: tokenizer fingerprints, re-packed for replay
     new_corpus: str | None = None
     data: ArtifactRef | None = None
     stages: PipelineResult | None = None

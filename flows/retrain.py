@@ -22,7 +22,7 @@ from prefect import flow
 from prefect.states import Completed
 
 from smolforge import tracking
-from smolforge.artifacts import ArtifactRef, find_artifact, local_folder
+from smolforge.artifacts import ArtifactRef, find_artifact
 from smolforge.environment import project_home
 from smolforge.errors import ConfigError
 from smolforge.flows.config import PipelineConfig
@@ -46,11 +46,10 @@ from smolforge.tasks.curate.incremental import (
     file_table,
     forget_index,
     link_files,
-    select_packed,
-    tokenizer_fingerprint,
     updated_table,
 )
 from smolforge.tasks.curate.prefect_tasks import sample_corpus_task
+from smolforge.tasks.curate.replay import Replay, ReplayError, replay_sources
 from smolforge.tasks.curate.sources import discover
 from smolforge.tasks.promote.registry import tag_version
 from smolforge.tasks.registry.register import register_model
@@ -101,35 +100,18 @@ def _lineage(tags: dict[str, str], start: str, store) -> tuple[ArtifactRef, list
     return trained_on, corpora
 
 
-def _check_tokenizers(champion_fp: str, start: str, corpora: list[ArtifactRef]) -> None:
-    """Replay reads tokens as they were packed: only a corpus packed with the champion's tokenizer can be replayed."""
-    for corpus in corpora:
-        uri = json.loads((corpus.path / "corpus.json").read_text(encoding="utf-8"))["tokenizer"]
-        found = tokenizer_fingerprint(local_folder(uri))
-        if found != champion_fp:
-            raise RetrainError(
-                f"{start} uses tokenizer {champion_fp}, but corpus {corpus.key} was packed with tokenizer {found} ({uri}): "
-                "its tokens cannot be replayed (set retrain.replay_corpora to leave older corpora out)"
-            )
-
-
 def _folder(kind: str, uri: str) -> ArtifactRef:
     """The artifact a corpus record names by its folder (`<store>/<kind>/<key>`)."""
     return ArtifactRef(kind=kind, key=Path(uri).name, uri=uri)
 
 
-def _replay(corpora: list[ArtifactRef], table: dict, diff: FileDiff, runtime: Runtime) -> dict[str, ArtifactRef]:
-    """Each earlier corpus's packed sources, without the documents of files changed or deleted since."""
-    forgotten = diff.forgotten()
-    sources = {}
-    for corpus in corpora:
-        record = json.loads((corpus.path / "corpus.json").read_text(encoding="utf-8"))
-        for source, entry in record["sources"].items():
-            packed = _folder("tokens", entry["uri"])
-            owned = {f"{source}/{rel}" for rel, f in table.get(source, {}).items() if f["corpus"] == corpus.key}
-            drop = sorted(forgotten & owned)
-            sources[replay_name(source, corpus.key)] = select_packed(packed, drop, runtime) if drop else packed
-    return sources
+def _replay(corpora: list[ArtifactRef], table: dict, diff: FileDiff, tokenizer: Path, start: str, runtime: Runtime) -> Replay:
+    """Each earlier corpus's packed sources in the champion's tokens, without the documents of
+    files changed or deleted since."""
+    try:
+        return replay_sources(corpora, table, diff.forgotten(), tokenizer, runtime)
+    except ReplayError as exc:
+        raise RetrainError(f"retrain from {start}: {exc} (set retrain.replay_corpora to leave older corpora out)") from None
 
 
 def _delta_config(config: PipelineConfig, folders: dict[str, Path], tokenizer: Path, index: ArtifactRef) -> PipelineConfig:
@@ -203,7 +185,10 @@ def retrain(config: PipelineConfig, upstream: PipelineResult | None = None, pare
 
         champion = resolve(start, None, config.runtime(run_id), "retrain.start")
         champion_tokenizer = champion.path / "model"
-        _check_tokenizers(tokenizer_fingerprint(champion_tokenizer), start, corpora)
+        replay = _replay(corpora, table, diff, champion_tokenizer, start, runtime)
+        result.repacked = replay.repacked
+        repacked_tags = {"smolforge.retrain.repacked": json.dumps(replay.repacked, sort_keys=True)} if replay.repacked else {}
+        tracking.set_tags(repacked_tags)
         index = forget_index(corpora, sorted(diff.forgotten()), runtime)
         folders = link_files(diff.to_read(), runtime.store.root / ".work" / "retrain" / index.key)
         delta = curate(_delta_config(config, folders, champion_tokenizer, index), None, run_id)
@@ -217,10 +202,11 @@ def retrain(config: PipelineConfig, upstream: PipelineResult | None = None, pare
             return Completed(message=message, data=result)
 
         new = {f"{NEW}{source}": _folder("tokens", entry["uri"]) for source, entry in record["sources"].items()}
-        sources = {**new, **_replay(corpora, table, diff, runtime)}
+        replayed = {replay_name(source, key): ref for key, packed in replay.sources.items() for source, ref in packed.items()}
         lineage = [*corpora, delta.corpus]
         data = retrain_data(
-            sources, _folder("tokenizer", record["tokenizer"]), updated_table(table, diff, delta.corpus.key), lineage, cfg.dataset, runtime
+            {**new, **replayed}, _folder("tokenizer", record["tokenizer"]), updated_table(table, diff, delta.corpus.key), lineage,
+            replay.repacked, cfg.dataset, runtime,
         )
         result.data = data
         data_sources = CorpusSources.from_corpus_json(data.path)
@@ -236,6 +222,7 @@ def retrain(config: PipelineConfig, upstream: PipelineResult | None = None, pare
             "smolforge.retrain.new_corpus": delta.corpus.key,
             "smolforge.retrain.replayed": ",".join(c.key for c in corpora),
             "smolforge.retrain.replay_share": str(rcfg.replay_share),
+            **repacked_tags,
         }
         registered = register_model(model, config.pretrain.register_as, version_tags)
         metrics = model.manifest()["metrics"]

@@ -16,11 +16,20 @@ from transformers import AutoModelForCausalLM
 from smolforge import tracking
 from smolforge.artifacts import ArtifactRef, find_artifact
 from smolforge.flows.config import load_config
-from smolforge.flows.retrain import NO_NEW_DATA, RetrainError, _check_tokenizers, retrain
+from smolforge.flows.retrain import NO_NEW_DATA, RetrainError, retrain
+from smolforge.runtime import Runtime
+from smolforge.tasks.curate import pack
+from smolforge.tasks.curate.config import PackConfig
+from smolforge.tasks.curate.documents import write_docs
 from smolforge.tasks.curate.incremental import corpus_file_table, tokenizer_fingerprint
+from smolforge.tasks.curate.pack import open_split
+from smolforge.tasks.curate.prefect_tasks import pack_task
+from smolforge.tasks.curate.replay import ReplayError, adopt_tokenizer, replay_sources
 from smolforge.tasks.curate.sample_corpus import later_articles
-from smolforge.tasks.curate.tokenizer import train_tokenizer
+from smolforge.tasks.curate.tokenizer import load_tokenizer, train_tokenizer
 from smolforge.tasks.promote.registry import aliases
+from smolforge.tasks.registry.lineage import artifact_lineage
+from smolforge.tasks.train.continued import replay_name, retrain_data
 from smolforge.tasks.train.stage import tensors_hash
 
 pytestmark = pytest.mark.slow
@@ -74,6 +83,7 @@ def test_a_retrain_reads_only_what_changed_starts_from_the_champion_and_then_fin
     result = retrain(config)
 
     assert result.status == "retrained" and result.start == f"models:/smolforge-base/{champion}"
+    assert result.repacked == {}  # the lineage has one tokenizer: the corpus is replayed as it was packed
     assert {k: result.files[k] for k in ("new", "changed", "deleted")} == {"new": 3, "changed": 1, "deleted": 1}
     # only the new and the changed files were extracted: the new corpus knows no other file
     delta = store.get("corpus", result.new_corpus)
@@ -105,6 +115,7 @@ def test_a_retrain_reads_only_what_changed_starts_from_the_champion_and_then_fin
         assert tags["smolforge.retrain.new_corpus"] == result.new_corpus
         assert tags["smolforge.retrain.replayed"] == tiny_pipeline.curate.corpus.key
         assert tags["promotion"] in ("promoted", "rejected"), tags
+        assert "smolforge.retrain.repacked" not in tags
     assert {d["name"] for d in result.stages.promote.decisions} == set(NAMES)
     assert tracking.client().get_model_version("smolforge-base", result.stages.pretrain.registered.version).tags[
         "smolforge.corpus_key"
@@ -130,17 +141,102 @@ def test_a_retrain_without_a_champion_says_to_run_the_pipeline_or_name_a_start(t
         retrain(load_config("tiny", overrides=["retrain.start=models:/smolforge-base/99"]))
 
 
-def test_a_corpus_packed_with_another_tokenizer_is_refused_naming_both(tmp_path):
-    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    train_tokenizer((d.text for d in make_docs(200, seed=1)), vocab_size=300, out_dir=ours)
-    train_tokenizer((d.text.upper() for d in make_docs(200, seed=2)), vocab_size=300, out_dir=theirs)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "corpus.json").write_text(json.dumps({"tokenizer": str(theirs)}))
-    ref = ArtifactRef(kind="corpus", key="c0ffee", uri=str(corpus))
-    _check_tokenizers(tokenizer_fingerprint(ours), "models:/b/1", [])  # nothing to replay: nothing to check
-    with pytest.raises(RetrainError) as refused:
-        _check_tokenizers(tokenizer_fingerprint(ours), "models:/b/1", [ref])
+def _doc_tokens(folder: Path) -> dict[str, list[int]]:
+    """Each document's tokens in a packed folder, without the eos that closes it."""
+    found = {}
+    for split in ("train", "val"):
+        tokens, offsets = open_split(folder, split)
+        for i, doc_id in enumerate(json.loads(line) for line in (folder / f"{split}.ids.jsonl").read_text().splitlines()):
+            found[doc_id] = tokens[offsets[i] : offsets[i + 1] - 1].tolist()
+    return found
+
+
+def _made(ref: ArtifactRef) -> tuple[int, int]:
+    """(folder inode, manifest mtime): both change when an artifact is written again."""
+    return ref.path.stat().st_ino, (ref.path / "manifest.json").stat().st_mtime_ns
+
+
+def _bpes(folder: Path, names: tuple[str, ...]) -> dict[str, Path]:
+    """BPEs of one vocabulary size, each trained on other text."""
+    found = {}
+    for seed, name in enumerate(names):
+        found[name] = folder / name
+        texts = (d.text.upper() if seed % 2 else d.text for d in make_docs(200, seed=seed))
+        train_tokenizer(texts, vocab_size=300, out_dir=found[name])
+    return found
+
+
+def _corpus_packed_with(tokenizer: Path, runtime: Runtime) -> tuple[ArtifactRef, ArtifactRef, dict[str, str]]:
+    """(a corpus of one source packed by curation's packing step with `tokenizer`, its curated
+    documents' shard, their texts by id)."""
+    store = runtime.store
+    docs = make_docs(40, seed=7, source="books")
+    with store.write("deduped", "d0c5" * 8, step="dedup_shard") as (out, _):
+        write_docs(docs, out / "docs.parquet")
+    shard = store.ref("deduped", "d0c5" * 8)
+    packed = pack_task.fn("books", [shard], adopt_tokenizer(tokenizer, runtime), PackConfig(), runtime)
+    with store.write("corpus", "c0ffee" * 4, step="corpus_task") as (out, _):
+        meta = packed.manifest()["metrics"]
+        tokens = meta["train"]["n_tokens"] + meta["val"]["n_tokens"]
+        record = {"sources": {"books": {"uri": packed.uri, **meta}}, "tokenizer": str(tokenizer), "funnel": [], "tokens": tokens}
+        (out / "corpus.json").write_text(json.dumps(record))  # the fields curation's corpus step records that replay and lineage read
+    return store.ref("corpus", "c0ffee" * 4), shard, {d.id: d.text for d in docs}
+
+
+def test_a_corpus_packed_with_another_tokenizer_is_replayed_re_packed_from_its_documents_then_from_the_cache(tmp_path):
+    runtime = Runtime(root=str(tmp_path / "artifacts"))
+    store = runtime.store
+    bpes = _bpes(tmp_path, ("theirs", "champion"))
+    ours = load_tokenizer(str(bpes["champion"]))
+    corpus, _, originals = _corpus_packed_with(bpes["theirs"], runtime)
+    packed = Path(json.loads((corpus.path / "corpus.json").read_text())["sources"]["books"]["uri"])
+    edited = "books/file3.txt"  # a file changed since: its documents leave the replay
+    table = {"books": {rel.removeprefix("books/"): {"xxh3": "0", "corpus": corpus.key} for rel in originals}}
+
+    replay = replay_sources([corpus], table, {edited}, bpes["champion"], runtime)
+
+    fingerprints = {name: tokenizer_fingerprint(folder) for name, folder in bpes.items()}
+    assert replay.repacked == {corpus.key: {"from": fingerprints["theirs"], "to": fingerprints["champion"]}}
+    replayed = replay.sources[corpus.key]["books"]
+    tokens = _doc_tokens(replayed.path)
+    assert tokens.keys() == originals.keys() - {edited}
+    assert all(ours.decode(ids) == originals[doc_id] for doc_id, ids in tokens.items())
+    # the tokens as packed read as other text under the champion's tokenizer: replaying them as they are is what this prevents
+    assert sum(ours.decode(ids) != originals[doc_id] for doc_id, ids in _doc_tokens(packed).items()) > len(originals) / 2
+    # the edited file's documents were taken out of the re-pack, which the champion's tokenizer (by fingerprint) made
+    repack = store.get("tokens", pack.read_meta(replayed.path)["selected_from"])
+    assert {"kind": "tokenizer", "key": fingerprints["champion"]} in repack.manifest()["inputs"]
+    assert _doc_tokens(repack.path).keys() == originals.keys()
+    made = _made(repack)
+
+    # the next retrain, its champion's tokenizer saved in another folder: the re-pack comes from the cache
+    elsewhere = tmp_path / "next-champion"
+    ours.save_pretrained(elsewhere)
+    again = replay_sources([corpus], table, {edited}, elsewhere, runtime)
+    assert again.sources == replay.sources and again.repacked == replay.repacked
+    assert _made(repack) == made
+
+    # the retrain's data says which corpus was re-packed, with which tokenizer; its lineage shows it
+    data = retrain_data(
+        {replay_name("books", corpus.key): replayed}, store.ref("tokenizer", fingerprints["champion"]), table, [corpus.key],
+        replay.repacked, runtime,
+    )
+    assert artifact_lineage(store, data)["repacked"] == replay.repacked
+
+
+def test_a_corpus_whose_curated_documents_are_gone_is_refused_naming_both_tokenizers_unless_its_re_pack_is_cached(tmp_path):
+    runtime = Runtime(root=str(tmp_path / "artifacts"))
+    store = runtime.store
+    bpes = _bpes(tmp_path, ("theirs", "ours", "third"))
+    corpus, shard, _ = _corpus_packed_with(bpes["theirs"], runtime)
+
+    first = replay_sources([corpus], {}, set(), bpes["ours"], runtime)
+    shutil.rmtree(shard.path)  # the curated documents are gone
+    assert replay_sources([corpus], {}, set(), bpes["ours"], runtime).sources == first.sources  # the re-pack was cached
+    with pytest.raises(ReplayError) as refused:
+        replay_sources([corpus], {}, set(), bpes["third"], runtime)
     message = str(refused.value)
-    assert f"uses tokenizer {tokenizer_fingerprint(ours)}" in message
-    assert f"corpus c0ffee was packed with tokenizer {tokenizer_fingerprint(theirs)} ({theirs})" in message
+    assert f"corpus {corpus.key} was packed with tokenizer {tokenizer_fingerprint(bpes['theirs'])} ({bpes['theirs']})" in message
+    assert f"not the champion's {tokenizer_fingerprint(bpes['third'])} ({bpes['third']})" in message
+    assert f"the curated documents of its source books (1 of 1 shards: deduped/{shard.key}) are missing from {store.root}" in message
+    assert store.get("tokenizer", tokenizer_fingerprint(bpes["third"])) is None  # refused before anything was written

@@ -79,6 +79,8 @@ def artifact_lineage(store: ArtifactStore, ref: ArtifactRef, seen: set[str] | No
             name: {"documents": s["train"]["n_docs"] + s["val"]["n_docs"], "tokens": s["train"]["n_tokens"] + s["val"]["n_tokens"]}
             for name, s in record["sources"].items()
         }
+        if record.get("repacked"):  # earlier corpora packed again with the champion's tokenizer
+            node["repacked"] = record["repacked"]
         corpora = [store.get("corpus", key) for key in record.get("corpora", [])]
         node["inputs"] = [
             artifact_lineage(store, c, seen) if c is not None else {"kind": "corpus", "key": key, "missing": f"not in {store.location}"}

@@ -41,14 +41,17 @@ def retrain_data(
     tokenizer: ArtifactRef,
     files: FileTable,
     corpora: list[ArtifactRef],
+    repacked: dict[str, dict[str, str | None]],
     cfg: DatasetConfig,
     runtime: Runtime,
 ) -> dict[str, Any]:
     """The corpus record a retrain trains and evaluates on, with the lineage the next one reads, and
-    the documents it trains on as a dataset (each corpus's that `files` says it still holds)."""
+    the documents it trains on as a dataset (each corpus's that `files` says it still holds);
+    `repacked` names the corpora whose documents were packed again with the champion's tokenizer
+    (corpus key -> {"from": their own tokenizer's fingerprint, "to": the champion's})."""
     keys = [c.key for c in corpora]
     entries = {name: {"uri": ref.uri, **ref.manifest()["metrics"]} for name, ref in sources.items()}
-    record = {"sources": entries, "tokenizer": tokenizer.uri, "corpora": keys}
+    record = {"sources": entries, "tokenizer": tokenizer.uri, "corpora": keys, "repacked": repacked}
     (out / "corpus.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     (out / FILES).write_text(json.dumps(files, sort_keys=True), encoding="utf-8")
     (out / CORPORA).write_text(json.dumps(keys), encoding="utf-8")
