@@ -47,7 +47,8 @@ class AdapterChatModel(mlflow.pyfunc.PythonModel):
         self.model = load_causal_lm(folder)
         self.adapters = sorted(self.model.peft_config)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+    # no type hints: MLflow reads them as an input schema (and warns at import) unless they are list[...]
+    def predict(self, context, model_input, params=None):
         params = params or {}
         adapter = params.get("adapter") or (DEFAULT_ADAPTER if DEFAULT_ADAPTER in self.adapters else self.adapters[0])
         if adapter not in self.adapters:
