@@ -4,7 +4,7 @@ Two kinds of fine-tune end up here: prefix and prompt tuning, whose adapters pef
 the base's weights, and `finetune.adapters`, several named adapters trained on one base. MLflow's
 transformers flavor would log such a model as the adapter plus the base's hub id, to be downloaded
 when it is loaded; this project's bases are on no hub. So the model is logged as an MLflow pyfunc
-(`AdapterChatModel`) whose one artifact is a folder holding the base's weights, its tokenizer and
+(`AdapterChatModel`, in `adapter_model.py`) whose one artifact is a folder holding the base's weights, its tokenizer and
 `adapters/<name>/` (the layout `model_source.load_causal_lm` reads): it loads offline in a fresh
 process, with the base read once and every adapter beside it (peft's `load_adapter`), and each
 request switches with `set_adapter` (its `adapter` param), reloading nothing.
@@ -19,67 +19,17 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from smolforge import tracking
 from smolforge.artifacts import stable_hash
-from smolforge.model_source import ADAPTERS, DEFAULT_ADAPTER, PYFUNC_MODEL, load_causal_lm, model_folder
+from smolforge.model_source import ADAPTERS, model_folder
 from smolforge.runtime import Runtime
 from smolforge.tasks.registry import register, serving
 
-import mlflow.pyfunc  # isort: skip  # the pyfunc base class; the other imports stay where they are used
-
-MODEL_ARTIFACT = PYFUNC_MODEL.name  # the pyfunc artifact: base weights + tokenizer + adapters/<name>/
 SERVING_TAG = "smolforge.serving"  # the registry entry says how the model is served:
 BASE_PLUS_ADAPTER = "base+adapter"  # this module's pyfunc, or
 MERGED = "merged"  # the adapter folded into the base (lora, qlora, ia3), or
 FULL = "full"  # every weight trained: both logged with MLflow's transformers flavor
-
-
-class AdapterChatModel(mlflow.pyfunc.PythonModel):
-    """A chat model made of one base and named adapters; see the module's docstring."""
-
-    def load_context(self, context: Any) -> None:
-        from smolforge.tasks.curate.tokenizer import load_tokenizer
-
-        folder = Path(context.artifacts[MODEL_ARTIFACT])
-        self.tokenizer = load_tokenizer(str(folder))
-        self.model = load_causal_lm(folder)
-        self.adapters = sorted(self.model.peft_config)
-
-    # no type hints: MLflow reads them as an input schema (and warns at import) unless they are list[...]
-    def predict(self, context, model_input, params=None):
-        params = params or {}
-        adapter = params.get("adapter") or (DEFAULT_ADAPTER if DEFAULT_ADAPTER in self.adapters else self.adapters[0])
-        if adapter not in self.adapters:
-            raise ValueError(f"adapter {adapter!r}: this model has adapters {self.adapters}")
-        self.model.set_adapter(adapter)
-        max_new = int(params.get("max_new_tokens") or serving.MAX_NEW_TOKENS)
-        return [answer(self.model, self.tokenizer, prompt, max_new) for prompt in prompts(model_input)]
-
-
-def prompts(model_input: Any) -> list[str]:
-    """The user messages of a request: a string, a list of them, or a one-column DataFrame."""
-    if isinstance(model_input, str):
-        return [model_input]
-    if hasattr(model_input, "iloc"):  # pandas, as MLflow hands a column-less string schema's input
-        return [str(v) for v in model_input.iloc[:, 0]]
-    return [str(v) for v in model_input]
-
-
-def answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
-    """The active adapter's greedy answer to one user message, in the chat template."""
-    import torch
-
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=True, return_tensors="pt"
-    )["input_ids"]
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=serving.turn_stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def assemble(base: Path, adapters: dict[str, Path], out: Path) -> Path:
@@ -100,7 +50,12 @@ def register_adapters(
     its adapter names. It is logged in the run `run_id` (the fine-tuning run of a single adapter),
     else in a `register-adapters` run of its own. `keys` (adapter name -> artifact key) identify it:
     the same adapters again reuse the version registered from them, logging nothing."""
+    import mlflow
     from mlflow.models import infer_signature
+
+    # MLflow warns about the pyfunc class's `predict` whenever the class is defined, so its module is
+    # imported only when such a model is logged (and by MLflow when one is loaded), not with the flows
+    from smolforge.tasks.serve.adapter_model import MODEL_ARTIFACT, AdapterChatModel
 
     key = stable_hash(keys)
     client = tracking.client()
