@@ -41,7 +41,10 @@ def start_stack(session_home: Path, outside_env: dict):
     """Generator behind the session fixture `stack`: the stack's state, then `down` and its checks."""
     env = user_env(outside_env, session_home)
     started = time.monotonic()
-    up = cli(env, "up", "--prefect-port", str(free_port()), "--mlflow-port", str(free_port()))
+    # the workers inherit `up`'s environment: at Prefect's INFO level their logs name the flow runs
+    # they execute, which is how the tests tell which worker ran what
+    up_env = {k: v for k, v in env.items() if k != "PREFECT_LOGGING_LEVEL"}
+    up = cli(up_env, "up", "--prefect-port", str(free_port()), "--mlflow-port", str(free_port()))
     state = json.loads((session_home / "stack.json").read_text())
     try:
         yield {**state, "env": env, "up": up.stdout, "up_seconds": time.monotonic() - started}
