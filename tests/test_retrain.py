@@ -19,7 +19,7 @@ from smolforge.flows.config import load_config
 from smolforge.flows.retrain import NO_NEW_DATA, RetrainError, retrain
 from smolforge.runtime import Runtime
 from smolforge.tasks.curate import pack
-from smolforge.tasks.curate.config import PackConfig
+from smolforge.tasks.curate.config import DatasetConfig, PackConfig
 from smolforge.tasks.curate.documents import write_docs
 from smolforge.tasks.curate.incremental import corpus_file_table, tokenizer_fingerprint
 from smolforge.tasks.curate.pack import open_split
@@ -218,8 +218,8 @@ def test_a_corpus_packed_with_another_tokenizer_is_replayed_re_packed_from_its_d
 
     # the retrain's data says which corpus was re-packed, with which tokenizer; its lineage shows it
     data = retrain_data(
-        {replay_name("books", corpus.key): replayed}, store.ref("tokenizer", fingerprints["champion"]), table, [corpus.key],
-        replay.repacked, runtime,
+        {replay_name("books", corpus.key): replayed}, store.ref("tokenizer", fingerprints["champion"]), table, [corpus],
+        replay.repacked, DatasetConfig(), runtime,
     )
     assert artifact_lineage(store, data)["repacked"] == replay.repacked
 
