@@ -592,7 +592,8 @@ def dataset_export(
 ) -> None:
     """Write a copy of a corpus's documents (all, or one source or language) with its card."""
     from smolforge.tasks.curate.dataset import DatasetError
-    from smolforge.tasks.curate.dataset_export import export, push_to_hub as push
+    from smolforge.tasks.curate.dataset_export import export
+    from smolforge.tasks.curate.dataset_export import push_to_hub as push
 
     corpus = _corpus(key)
     try:
@@ -709,9 +710,9 @@ def submit(
     from smolforge.deployments.submit import submit_run, wait_for
 
     try:
-        server_url()
+        url = server_url()
         _check_store(home, flows=True)
-        run = submit_run(flow, cfg)
+        run = submit_run(flow, cfg, url)
     except ConfigError as exc:
         _fail(str(exc))
     console.print(f"submitted {run.name} ({run.id}) to {flow}/smolforge on pool {run.work_pool_name}")

@@ -52,8 +52,8 @@ class Change:
 
 
 def deploy(gpu_pool: str = GPU_POOL, cpu_pool: str = CPU_POOL, gpus: int = 1) -> list[Change]:
-    """Create what is missing, update the deployments, and say what happened to each."""
-    server_url()
+    """Create what is missing, update the deployments, and say what happened to each (on the
+    server `server_url` checked)."""
     changes = _pools(cpu_pool, gpu_pool) + [_gpu_limit(gpus)]
     parameters = default_parameters()
     for spec in specs(gpu_pool, cpu_pool):

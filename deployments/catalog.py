@@ -9,7 +9,6 @@ switched off until a user switches one on.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,19 +30,25 @@ RETRAIN_SCHEDULES = (
 
 @dataclass
 class DeploymentSpec:
-    flow_name: str  # the Prefect flow's name: the deployment is `flow_name/smolforge`
-    entrypoint: str  # module:function, importable wherever the project is installed
+    stage: Stage  # its name is the Prefect flow's: the deployment is `name/smolforge`
     pool: str
     tags: list[str] = field(default_factory=list)
     schedules: list[Schedule] = field(default_factory=list)
+
+    @property
+    def flow_name(self) -> str:
+        return self.stage.name
+
+    @property
+    def entrypoint(self) -> str:  # module:function, importable wherever the project is installed
+        return self.stage.flow
 
     @property
     def full_name(self) -> str:
         return f"{self.flow_name}/{DEPLOYMENT}"
 
     def flow(self):
-        module, name = self.entrypoint.split(":")
-        return getattr(importlib.import_module(module), name)
+        return self.stage.load()
 
 
 def specs(gpu_pool: str = GPU_POOL, cpu_pool: str = CPU_POOL) -> list[DeploymentSpec]:
@@ -51,7 +56,7 @@ def specs(gpu_pool: str = GPU_POOL, cpu_pool: str = CPU_POOL) -> list[Deployment
     out = []
     for stage in (PIPELINE, *STAGES, RETRAIN):
         spec = DeploymentSpec(
-            flow_name=stage.name, entrypoint=stage.flow,
+            stage=stage,
             pool=gpu_pool if stage.gpu else cpu_pool, tags=["smolforge", *([GPU] if stage.gpu else [])],
         )
         if stage is RETRAIN:

@@ -15,7 +15,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from smolforge.deployments.apply import ServerError, server_url
+from smolforge.deployments.apply import ServerError
 from smolforge.flows.routing import as_parameter, deployment_name
 
 
@@ -23,8 +23,8 @@ class SubmittedRun(FlowRun):
     url: str = ""
 
 
-def submit_run(flow: str, config) -> SubmittedRun:
-    url = server_url()
+def submit_run(flow: str, config, url: str) -> SubmittedRun:
+    """A run of `flow`'s deployment on the server at `url` (checked by `server_url`)."""
     name = deployment_name(flow)
     with get_client(sync_client=True) as client:
         try:

@@ -10,6 +10,7 @@ renders a form for them.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,6 +45,11 @@ class Stage(NamedTuple):
     fans_out: bool = False  # submits many tasks at once: runs on the configured task runner (threads or Dask)
     gpu: bool = False  # trains: its deployment serves the GPU work pool (`execution.gpu_pool`)
     artifacts: tuple[str, ...] = ()  # the kinds of artifact its steps write (`smolforge artifacts --kind`)
+
+    def load(self):
+        """The flow object `flow` names (imports its module)."""
+        module, name = self.flow.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
 # The pipeline runs these in order, each when its section is set; the CLI's flow list (and the

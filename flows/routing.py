@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,8 +36,7 @@ def as_parameter(config: Any) -> dict[str, Any]:
 
 def stage_flow(stage: Stage, execution: ExecutionConfig):
     """The flow a stage names in the composition, on the configured task runner if it fans out."""
-    module, name = stage.flow.split(":")
-    run = getattr(importlib.import_module(module), name)
+    run = stage.load()
     return run.with_options(task_runner=task_runner_for(execution)) if stage.fans_out else run
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 SMOLFORGE = Path(sys.executable).parent / "smolforge"
@@ -60,3 +61,16 @@ def start_stack(session_home: Path, outside_env: dict):
     assert not (session_home / "stack.json").exists()
     again = cli(env, "down", check=False)
     assert again.returncode == 2 and "no stack runs" in again.stdout
+
+
+def wait_for_runs(stack: dict, ids: list[str], timeout: float) -> list[str]:
+    """The flow runs' state types once all are final (or `timeout` seconds have passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for run_id in ids:
+            with urllib.request.urlopen(f"{stack['prefect']}/api/flow_runs/{run_id}", timeout=30) as response:
+                states.append(json.loads(response.read())["state_type"])
+        if all(s in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for s in states) or time.monotonic() > deadline:
+            return states
+        time.sleep(3)

@@ -17,6 +17,7 @@ import pytest
 from stack_fixtures import cli as _cli
 from stack_fixtures import free_port as _free_port
 from stack_fixtures import user_env as _user_env
+from stack_fixtures import wait_for_runs
 
 pytestmark = pytest.mark.slow
 
@@ -134,13 +135,8 @@ def test_pipeline_submitted_runs_its_training_stages_on_the_gpu_worker(stack, se
 def test_two_training_runs_with_one_gpu_slot_run_one_after_the_other(stack):
     submitted = [_cli(stack["env"], "submit", "finetune") for _ in range(2)]
     ids = [s.stdout.split("(", 1)[1].split(")", 1)[0] for s in submitted]
-    deadline = time.monotonic() + 600
-    while True:
-        runs = [_api(stack, f"flow_runs/{i}") for i in ids]
-        if all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs) or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"]
+    assert wait_for_runs(stack, ids, 600) == ["COMPLETED", "COMPLETED"]
+    runs = [_api(stack, f"flow_runs/{i}") for i in ids]
     first, second = sorted(runs, key=lambda r: r["start_time"])
     assert second["start_time"] >= first["end_time"], (first["start_time"], first["end_time"], second["start_time"])
 

@@ -19,6 +19,7 @@ import pytest
 from stack_fixtures import cli as _cli
 from stack_fixtures import free_port as _free_port
 from stack_fixtures import user_env as _user_env
+from stack_fixtures import wait_for_runs
 from test_cli_runs import small_run
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,7 @@ def test_two_pipelines_at_once_and_a_parallel_sweep_on_postgres(postgres, sample
         for seed in (0, 1):
             done = _cli(env, "submit", "pipeline", *settings, "--set", f"pretrain.seed={seed}")
             ids.append(done.stdout.split("(", 1)[1].split(")", 1)[0])
-        states = _wait(stack, ids, 900)
+        states = wait_for_runs(stack, ids, 900)
         assert states == ["COMPLETED", "COMPLETED"], _worker_logs(home)
 
         runs = _mlflow(stack, "runs/search", {"experiment_ids": _experiments(stack), "max_results": 200})["runs"]
@@ -110,18 +111,6 @@ def test_two_pipelines_at_once_and_a_parallel_sweep_on_postgres(postgres, sample
         assert starts[1] < ends[0]  # the two trials ran at the same time
     finally:
         _cli(env, "down", check=False)
-
-
-def _wait(stack: dict, ids: list[str], timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        states = []
-        for run_id in ids:
-            with urllib.request.urlopen(f"{stack['prefect']}/api/flow_runs/{run_id}", timeout=30) as response:
-                states.append(json.loads(response.read())["state_type"])
-        if all(s in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for s in states) or time.monotonic() > deadline:
-            return states
-        time.sleep(3)
 
 
 def _mlflow(stack: dict, path: str, body: dict) -> dict:
